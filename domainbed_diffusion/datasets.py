@@ -1,0 +1,102 @@
+"""DomainBed datasets of the plugin: DigitStyles, read from DomainBed's folder layout at 28x28.
+
+At 28x28 DomainBed picks its MNIST_CNN featurizer, which trains from scratch on a CPU (no pretrained
+download). Images are decoded once into memory (the dataset is small), so a CPU step is spent on the network.
+"""
+import os
+
+import torch
+from PIL import Image
+from torchvision import transforms
+from domainbed.datasets import MultipleDomainDataset
+
+from . import digitstyles
+
+DATASETS = ["DigitStyles"]
+
+
+class ImageFolderEnv(torch.utils.data.Dataset):
+    """One env folder ``<env>/<class>/<image>``, with ImageFolder's attributes, decoded once into memory.
+
+    ``transform`` maps a PIL image to the network's input tensor; it is also what readers of synthetic images
+    of this env apply, so real and synthetic images reach the network the same way.
+    """
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+    def __init__(self, root, transform, classes=None):
+        self.root = root
+        self.transform = transform
+        self.classes = classes or sorted(e.name for e in os.scandir(root) if e.is_dir())
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = []
+        for c in self.classes:
+            folder = os.path.join(root, c)
+            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(self.EXTENSIONS)) \
+                if os.path.isdir(folder) else []
+            if not names:
+                raise FileNotFoundError(f"class folder {folder} has no images; re-run the dataset's prepare "
+                                        "command or remove the empty folder")
+            self.samples += [(os.path.join(folder, n), self.class_to_idx[c]) for n in names]
+        self.imgs = self.samples
+        self.targets = [y for _, y in self.samples]
+        self._x = torch.stack([transform(self.loader(p)) for p, _ in self.samples])
+        self._y = torch.tensor(self.targets)
+
+    @staticmethod
+    def loader(path):
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self._x[index], self._y[index]
+
+
+class DigitStyles(MultipleDomainDataset):
+    """Four style domains of scikit-learn's digits (see ``domainbed_diffusion.digitstyles``)."""
+    ENVIRONMENTS = list(digitstyles.DOMAINS)
+    INPUT_SHAPE = (3, 28, 28)
+    N_STEPS = 201          # ~1 minute of ERM on 2 CPU cores at the DigitStyles default batch size
+    CHECKPOINT_FREQ = 50
+    N_WORKERS = 0          # in-memory tensors: worker processes would only add start-up time
+
+    def __init__(self, root, test_envs, hparams):
+        super().__init__()
+        if root is None:
+            raise ValueError("DigitStyles needs --data_dir")
+        self.dir = os.path.join(root, digitstyles.DATASET)
+        if not os.path.isdir(self.dir):
+            raise FileNotFoundError(
+                f"{self.dir} does not exist. Write it with: python -m domainbed_diffusion.digitstyles "
+                f"--data_dir {root}")
+        found = sorted(e.name for e in os.scandir(self.dir) if e.is_dir())
+        if found != self.ENVIRONMENTS:
+            raise FileNotFoundError(f"{self.dir} holds env folders {found}, expected {self.ENVIRONMENTS}; "
+                                    f"re-run: python -m domainbed_diffusion.digitstyles --data_dir {root}")
+        transform = transforms.Compose([transforms.Resize(self.INPUT_SHAPE[1:]), transforms.ToTensor()])
+        self.datasets = [ImageFolderEnv(os.path.join(self.dir, env), transform) for env in self.ENVIRONMENTS]
+        self.input_shape = self.INPUT_SHAPE
+        self.num_classes = len(self.datasets[0].classes)
+        batch_size = (hparams or {}).get("batch_size", 0)
+        for env, name in zip(self.datasets, self.ENVIRONMENTS):
+            if len(env) < batch_size:
+                raise ValueError(_too_small(self, name, len(env), batch_size, "images"))
+
+
+def _too_small(dataset, env_name, n, batch_size, what):
+    return (f"{type(dataset).__name__} env '{env_name}' has {n} {what}, fewer than batch_size={batch_size}: "
+            f"DomainBed's InfiniteDataLoader would spin forever without yielding a batch. Lower the batch size "
+            f"(--hparams '{{\"batch_size\": {max(1, n // 2)}}}') or --holdout_fraction.")
+
+
+def check_split(ctx, env_dataset, training):
+    """Refuse a training split of one of our datasets that is smaller than the batch size."""
+    if ctx is None or type(ctx.dataset).__name__ not in DATASETS:
+        return
+    batch_size = ctx.hparams.get("batch_size", 0) if ctx.hparams else 0
+    if len(training) < batch_size:
+        index = next(i for i, e in enumerate(ctx.dataset.datasets) if e is env_dataset)
+        raise ValueError(_too_small(ctx.dataset, ctx.env_names[index], len(training), batch_size,
+                                    "training images after the validation split"))

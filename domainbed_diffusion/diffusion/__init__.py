@@ -1,0 +1,3 @@
+"""Diffusion models: loading (``loading``), small configs (``tiny``) and the shared operations (``pipeline``)."""
+from .loading import EMBEDDED, CheckpointError, resolve_model
+from .pipeline import LatentDiffusion, generators_from_seeds, per_image_noise

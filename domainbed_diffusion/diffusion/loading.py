@@ -1,0 +1,132 @@
+"""Finding and loading Stable Diffusion checkpoints in diffusers format, offline.
+
+A model is named by a local folder, a Hugging Face id already in the local cache (``CompVis/stable-diffusion-v1-4``
+is the papers' model), or ``embedded``: the tiny DigitStyles model shipped with the package. Nothing is ever
+downloaded; a missing or malformed checkpoint gets an error that names the path and the fix.
+"""
+import os
+
+import torch
+
+EMBEDDED = "embedded"
+EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "embedded",
+                             "digitstyles-ldm")
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class CheckpointError(FileNotFoundError):
+    """The named model is not a loadable Stable Diffusion checkpoint on this machine."""
+
+
+def _looks_like_path(name):
+    return os.sep in name or name.startswith(".") or name.startswith("~") or os.path.exists(name)
+
+
+def validate_checkpoint(folder):
+    """Raise ``CheckpointError`` unless ``folder`` holds a diffusers Stable Diffusion checkpoint."""
+    if os.path.isfile(folder):
+        raise CheckpointError(
+            f"{folder} is a single file, not a diffusers folder. Convert it once with diffusers: "
+            f"StableDiffusionPipeline.from_single_file('{folder}').save_pretrained('<folder>'), "
+            f"then pass <folder>.")
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        raise CheckpointError(
+            f"{folder} is not a Stable Diffusion checkpoint in diffusers format: it has no model_index.json. "
+            f"Pass the folder that holds model_index.json and unet/, vae/, text_encoder/, tokenizer/, scheduler/ "
+            f"(for example a snapshot folder of the Hugging Face cache).")
+    missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(folder, c))]
+    if missing:
+        raise CheckpointError(f"{folder} is missing the component folder(s) {', '.join(missing)}: a Stable "
+                              f"Diffusion checkpoint in diffusers format needs {', '.join(COMPONENTS)}.")
+    return folder
+
+
+def resolve_model(name_or_path):
+    """The local folder of a model name: ``embedded``, a folder, or a Hugging Face id in the local cache."""
+    name = (name_or_path or EMBEDDED).strip()
+    if name == EMBEDDED:
+        return validate_checkpoint(EMBEDDED_PATH)
+    if _looks_like_path(name):
+        path = os.path.abspath(os.path.expanduser(name))
+        if not os.path.exists(path):
+            raise CheckpointError(f"model folder {path} does not exist. Pass a folder holding a diffusers "
+                                  f"checkpoint (model_index.json), a Hugging Face id in the local cache, or "
+                                  f"'{EMBEDDED}'.")
+        return validate_checkpoint(path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    try:
+        path = snapshot_download(name, local_files_only=True)
+    except Exception as error:  # the hub raises several types for "not cached"
+        raise CheckpointError(
+            f"'{name}' is not in the Hugging Face cache ({HF_HUB_CACHE}) and models are only loaded offline. "
+            f"On a machine with internet run `huggingface-cli download {name}` and copy the cache here "
+            f"(or set HF_HOME), or pass a local folder with the checkpoint. ({type(error).__name__})") from None
+    return validate_checkpoint(path)
+
+
+def resolve_dtype(dtype, device):
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; half precision without a CUDA device is an error."""
+    device = torch.device(device)
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif dtype in (None, "auto"):
+        resolved = torch.float16 if device.type == "cuda" else torch.float32
+    elif dtype in names:
+        resolved = names[dtype]
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    if resolved != torch.float32 and device.type != "cuda":
+        raise ValueError(f"{dtype} was asked but the device is {device}: half precision needs a CUDA GPU. "
+                         f"Use --dtype float32 (or auto) on a CPU.")
+    return resolved
+
+
+def resolve_device(device=None):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def load_components(folder, dtype=torch.float32):
+    """The five Stable Diffusion components of a validated folder; the safety checker is never loaded."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+    kwargs = dict(local_files_only=True, torch_dtype=dtype)
+    return dict(
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs),
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
+        scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
+    )
+
+
+def model_id(folder):
+    """A short identifier of a checkpoint for manifests: ``org/name@revision`` for a Hugging Face cache
+    snapshot, ``embedded@<weights digest>`` for the shipped model, ``<folder>@<config digest>`` otherwise."""
+    import hashlib
+    folder = os.path.abspath(folder)
+    parts = folder.split(os.sep)
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/") + "@" + parts[-1][:12]
+    digest = hashlib.sha256()
+    for name in ("unet/config.json", "vae/config.json", "text_encoder/config.json"):
+        with open(os.path.join(folder, name), "rb") as f:
+            digest.update(f.read())
+    weights = [os.path.join(folder, "unet", n) for n in sorted(os.listdir(os.path.join(folder, "unet")))
+               if n.endswith((".safetensors", ".bin"))]
+    if folder == os.path.abspath(EMBEDDED_PATH):
+        for path in weights:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        return f"{EMBEDDED}@{digest.hexdigest()[:12]}"
+    for path in weights:  # sizes, not contents: hashing gigabytes on every run is not worth it
+        digest.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
+    return f"{folder}@{digest.hexdigest()[:12]}"

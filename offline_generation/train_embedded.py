@@ -1,0 +1,158 @@
+"""Train the embedded tiny latent diffusion model on DigitStyles' pre-training pool (CPU, deterministic).
+
+Two stages, as Stable Diffusion was built: an AutoencoderKL on the pool's images, then a text-conditioned
+UNet2DConditionModel and CLIP text encoder on the autoencoder's latents with prompts naming digit and style
+("a seven, neon glow on a dark background"; 15% class-only, 10% empty for classifier-free guidance). The result
+is saved as a Stable Diffusion checkpoint in diffusers format, in half precision to keep the repository small.
+
+    python -m offline_generation train-embedded --data_dir ./data
+"""
+import copy
+import math
+import os
+import re
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from domainbed_diffusion import digitstyles
+from domainbed_diffusion.diffusion import tiny
+from domainbed_diffusion.diffusion.loading import EMBEDDED_PATH
+from domainbed_diffusion.methods.cdga import DOMAIN_DESCRIPTIONS
+
+
+def vocabulary():
+    """Words the tokenizer keeps whole: our prompts and every dataset's default domain descriptions."""
+    texts = [digitstyles.prompt(c, s) for c in digitstyles.CLASS_NAMES for s in digitstyles.POOL_STYLES]
+    texts += [d for per_dataset in DOMAIN_DESCRIPTIONS.values() for d in per_dataset.values()]
+    texts += ["a photo of a", "an image of the"]
+    return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
+
+
+def load_pool(data_dir):
+    """Pool images (N, 3, 32, 32) in [0, 1] and their (class, style) from ``<data_dir>/DigitStylesPool``."""
+    root = os.path.join(data_dir, digitstyles.POOL)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root} does not exist: run python -m domainbed_diffusion.digitstyles "
+                                f"--data_dir {data_dir}")
+    images, labels = [], []
+    for style in sorted(os.listdir(root)):
+        if not os.path.isdir(os.path.join(root, style)):
+            continue
+        for cls in sorted(os.listdir(os.path.join(root, style))):
+            for name in sorted(os.listdir(os.path.join(root, style, cls))):
+                with Image.open(os.path.join(root, style, cls, name)) as img:
+                    images.append(np.asarray(img.convert("RGB")))
+                labels.append((cls, style))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return x, labels
+
+
+def _cosine_lr(step, total, warmup=200):
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def _ema_update(ema, model, decay):
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    vae.train()
+    start = time.time()
+    for step in range(steps):
+        x = images[torch.randint(len(images), (batch_size,), generator=g)] * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample(generator=g)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps - 1:
+            print(f"[vae] step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_pool(vae, images, batch_size=256):
+    means = torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
+    scaling = 1.0 / means.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    return means * scaling
+
+
+def prompt_ids(tokenizer, labels):
+    """Token ids (N, 3, L) of each image's full, class-only and empty prompt."""
+    texts = [[digitstyles.prompt(c, s), digitstyles.prompt(c), ""] for c, s in labels]
+    flat = [t for triple in texts for t in triple]
+    ids = tokenizer(flat, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.view(len(labels), 3, -1)
+
+
+def train_denoiser(unet, text_encoder, scheduler, latents, ids, steps, batch_size, lr, log_every=200, seed=0,
+                   ema_decay=0.999):
+    g = torch.Generator().manual_seed(seed)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    for step in range(steps):
+        idx = torch.randint(len(latents), (batch_size,), generator=g)
+        r = torch.rand(batch_size, generator=g)
+        variant = torch.where(r < 0.10, 2, torch.where(r < 0.25, 1, 0))  # empty / class-only / full prompt
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+        zt = scheduler.add_noise(z0, noise, t)
+        cond = text_encoder(ids[idx, variant])[0]
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema_unet, unet, ema_decay)
+        _ema_update(ema_text, text_encoder, ema_decay)
+        if step % log_every == 0 or step == steps - 1:
+            print(f"[unet] step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+    return ema_unet, ema_text
+
+
+def train(data_dir, out=EMBEDDED_PATH, vae_steps=2000, unet_steps=8000, vae_batch=32, unet_batch=64, seed=0,
+          threads=None):
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    digitstyles.prepare(data_dir)
+    images, labels = load_pool(data_dir)
+    print(f"pool: {len(images)} images, {len({s for _, s in labels})} styles", flush=True)
+    work = out + ".partial"
+    components = tiny.build_components(vocabulary(), work, seed=seed)
+    vae = train_vae(components["vae"], images, vae_steps, vae_batch, lr=1e-3, seed=seed)
+    latents = encode_pool(vae, images)
+    ids = prompt_ids(components["tokenizer"], labels)
+    unet, text_encoder = train_denoiser(components["unet"], components["text_encoder"], components["scheduler"],
+                                        latents, ids, unet_steps, unet_batch, lr=5e-4, seed=seed)
+    components.update(vae=vae, unet=unet, text_encoder=text_encoder)
+    tiny.save_checkpoint(components, work, half=True)
+    if os.path.isdir(out):
+        import shutil
+        shutil.rmtree(out)
+    os.replace(work, out)
+    print(f"saved {out}")
+    return out
