@@ -1,0 +1,26 @@
+"""ED-SAM's transport transformation (Truong et al., 2024, Eq. 9-10 and Proposition 1).
+
+``z* = (z + e) / sqrt(2)`` with ``e ~ N(alpha * sqrt(2), I)`` and one ``alpha ~ U(-rho, rho)`` per sample. For
+``z ~ N(0, I)`` this gives ``z* ~ N(alpha, I)``: mean alpha, unit variance, so each coordinate's 2-Wasserstein
+distance to the source is ``|alpha| <= rho`` (the paper's Proposition 1, read per coordinate; Eq. 9's
+``N(alpha sqrt 2, I)`` makes the variance come out at exactly 1 after dividing by sqrt 2).
+"""
+import math
+
+import torch
+
+
+def sample_alpha(generators, rho):
+    """One ``alpha ~ U(-rho, rho)`` per sample, drawn from that sample's generator."""
+    return torch.stack([(torch.rand((), generator=g) * 2 - 1) * rho for g in generators])
+
+
+def transport(z, alpha, noise):
+    """``(z + alpha * sqrt(2) + noise) / sqrt(2)``: ``noise`` is standard normal, ``alpha`` one per sample."""
+    alpha = alpha.to(device=z.device, dtype=z.dtype).view(-1, *([1] * (z.dim() - 1)))
+    return (z + alpha * math.sqrt(2) + noise) / math.sqrt(2)
+
+
+def gaussian_w2(mean_a, std_a, mean_b, std_b):
+    """2-Wasserstein distance between 1-D Gaussians: ``sqrt((m_a - m_b)^2 + (s_a - s_b)^2)``."""
+    return math.sqrt((mean_a - mean_b) ** 2 + (std_a - std_b) ** 2)

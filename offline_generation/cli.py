@@ -1,0 +1,169 @@
+"""Command line of the generator: ``python -m offline_generation [generate|preview|prepare|train-embedded|benchmark]``.
+
+Without a subcommand it generates. Examples::
+
+    python -m offline_generation --dataset DigitStyles --data_dir ./data --methods all
+    python -m offline_generation --dataset PACS --data_dir /data --methods cdga-pg \\
+        --model CompVis/stable-diffusion-v1-4 --dtype float16 --batch_size 32 --num_shards 8 --shard_id 0
+    python -m offline_generation preview --dataset DigitStyles --data_dir ./data --out preview.png
+"""
+import argparse
+import shlex
+import sys
+
+from .methods import METHODS
+
+SUBCOMMANDS = ("generate", "preview", "prepare", "train-embedded", "benchmark")
+
+
+def _generation_arguments(parser):
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", required=True, help="DomainBed dataset name (PACS, OfficeHome, DigitStyles, ...)")
+    g.add_argument("--data_dir", required=True, help="DomainBed's data_dir")
+    g.add_argument("--dataset_dir", default=None, help="the dataset's folder, if not DomainBed's default under data_dir")
+    g.add_argument("--envs", nargs="+", default=None, help="env folders to use (default: all)")
+    g.add_argument("--output_dir", default=None, help="synthetic root (default: <data_dir>/synthetic)")
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="embedded",
+                   help="'embedded', a diffusers checkpoint folder, or a Hugging Face id in the local cache "
+                        "(e.g. CompVis/stable-diffusion-v1-4)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory for UNet and VAE (GPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU; keep batches full)")
+    g = parser.add_argument_group("sampling (default: each method's own, see README)")
+    g.add_argument("--resolution", type=int, default=None)
+    g.add_argument("--steps", type=int, default=None, help="DDIM steps of the schedule")
+    g.add_argument("--strength", type=float, default=None, help="img2img strength (CDGA)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    g = parser.add_argument_group("methods")
+    g.add_argument("--methods", nargs="+", default=["all"], help=f"{', '.join(METHODS)} or all")
+    g.add_argument("--images_per_pair", type=int, default=1, help="CDGA: images per (source image, other env)")
+    g.add_argument("--domain_descriptions", default=None, help="CDGA-PG: env -> text, a JSON object or file")
+    g.add_argument("--prompt_template", default="a {class_name}, {domain}", help="CDGA-PG prompt template")
+    g.add_argument("--guide_mix", type=float, default=1.0, help="CDGA-IG: how far to move toward the guide's statistics")
+    g.add_argument("--num_samples", type=int, default=10, help="ED-SAM: M samples per image")
+    g.add_argument("--rho", type=float, default=0.5, help="ED-SAM: transport distance bound")
+    g.add_argument("--mix_fraction", type=float, default=0.8, help="latent-prior: inversion depth (fraction of steps)")
+    g.add_argument("--bandwidth", default="auto", help="latent-prior: DDIM eta when denoising, or 'auto'")
+    g.add_argument("--tolerance", type=float, nargs=3, default=[3.0, 3.0, 3.0],
+                   help="latent-prior: tolerances (in reference stds) of pairwise distance, pairwise angle, "
+                        "angle to origin")
+    g.add_argument("--samples_per_image", type=float, default=1.0, help="latent-prior: images per reference image")
+    g.add_argument("--max_tries", type=int, default=20, help="latent-prior: candidates drawn per wanted image, at most")
+    g = parser.add_argument_group("scale")
+    g.add_argument("--num_shards", type=int, default=None, help="split the job into this many independent shards")
+    g.add_argument("--shard_id", type=int, default=None, help="which shard this process runs (0-based)")
+    g.add_argument("--slurm", type=int, default=None, metavar="N",
+                   help="write an sbatch job array of N shards of this command (DOMAINBED_SLURM_* settings)")
+    g.add_argument("--submit", action="store_true", help="with --slurm: also submit it with sbatch")
+    g.add_argument("--dry_run", action="store_true", help="print the plan and the disk estimate, generate nothing")
+
+
+def _finish_generation_args(args, parser):
+    methods = list(METHODS) if "all" in args.methods else args.methods
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)} or all")
+    args.methods = methods
+    if args.bandwidth != "auto":
+        try:
+            args.bandwidth = float(args.bandwidth)
+        except ValueError:
+            parser.error(f"--bandwidth {args.bandwidth!r}: a number (DDIM eta) or 'auto'")
+    if (args.shard_id is None) != (args.num_shards is None):
+        parser.error("--num_shards and --shard_id go together")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    return args
+
+
+def _drop_option(argv, flag, takes_value):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = takes_value
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def submit_shards(argv, args):
+    """An sbatch job array whose task k runs this very command as shard k of ``--slurm`` shards."""
+    from domainbed_diffusion.launchers import SlurmConfig, slurm_launcher
+    argv = _drop_option(_drop_option(argv, "--slurm", True), "--submit", False)
+    commands = [" ".join([shlex.quote(sys.executable), "-m", "offline_generation", *map(shlex.quote, argv),
+                          "--num_shards", str(args.slurm), "--shard_id", str(k)]) for k in range(args.slurm)]
+    config = SlurmConfig.from_env()
+    config.job_name = f"generate-{args.dataset}"
+    return slurm_launcher(commands, config, submit=args.submit)
+
+
+def generate_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation",
+                                     description="Write synthetic domains in DomainBed's folder layout.")
+    _generation_arguments(parser)
+    args = _finish_generation_args(parser.parse_args(argv), parser)
+    if args.slurm:
+        return submit_shards(argv, args)
+    from .generate import run
+    return run(args)
+
+
+def preview_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation preview",
+                                     description="A grid PNG: source images next to their synthetic variants.")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--output_dir", default=None, help="synthetic root (default: <data_dir>/synthetic)")
+    parser.add_argument("--methods", nargs="+", default=["all"])
+    parser.add_argument("--rows", type=int, default=4, help="source images per method")
+    parser.add_argument("--variants", type=int, default=6, help="synthetic images per source image, at most")
+    parser.add_argument("--size", type=int, default=96, help="pixels per tile")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    args = parser.parse_args(argv)
+    args.methods = list(METHODS) if "all" in args.methods else args.methods
+    from .preview import preview
+    return preview(args)
+
+
+def prepare_main(argv):
+    from domainbed_diffusion.digitstyles import main
+    return main(argv)
+
+
+def train_embedded_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation train-embedded",
+                                     description="Train the embedded tiny model on DigitStyles' pool (CPU).")
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--out", default=None, help="checkpoint folder (default: the package's embedded model)")
+    parser.add_argument("--vae_steps", type=int, default=1500)
+    parser.add_argument("--unet_steps", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from .train_embedded import EMBEDDED_PATH, train
+    return train(args.data_dir, args.out or EMBEDDED_PATH, args.vae_steps, args.unet_steps, seed=args.seed)
+
+
+def benchmark_main(argv):
+    from .benchmark import main
+    return main(argv)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
+    handler = {"generate": generate_main, "preview": preview_main, "prepare": prepare_main,
+               "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+    try:
+        handler(argv)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

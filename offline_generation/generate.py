@@ -1,0 +1,222 @@
+"""Generation runs: deterministic batches, shards, resumption, a writer thread, progress.
+
+Work is cut into batches in a fixed order before anything is skipped or sharded, and batch ``b`` belongs to
+shard ``b % num_shards``: a batch is made of the same images whatever the number of shards and whatever an
+earlier run finished, so an image's bytes do not depend on how the job was split or interrupted. A batch is
+done when each of its images is on disk and recorded in a manifest (or recorded as skipped): a rerun skips it.
+Images are written atomically by a background thread while the next batch runs on the device.
+"""
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+from PIL import Image
+from tqdm import tqdm
+
+from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name, read_manifests, save_png
+
+from .methods import DEFAULTS, EMBEDDED_DEFAULTS, REGISTRY
+from .sources import scan
+
+
+def method_config(args, method, embedded):
+    """The settings of one method: the command line's, else the method's defaults for the model in use."""
+    defaults = (EMBEDDED_DEFAULTS if embedded else DEFAULTS)[method]
+    cfg = SimpleNamespace(**vars(args))
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(cfg, key, value)
+    if method in ("edsam", "latent-prior"):
+        cfg.strength = 1.0
+    return cfg
+
+
+def make_batches(units, batch_size):
+    """Consecutive units packed into batches of at most ``batch_size`` images (a unit is never split)."""
+    batches, current, size = [], [], 0
+    for unit in units:
+        if current and size + unit.size > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(unit)
+        size += unit.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def shard_of(batches, num_shards, shard_id):
+    return [b for i, b in enumerate(batches) if i % num_shards == shard_id]
+
+
+def distributed_shard(args):
+    """``--num_shards/--shard_id``, else torchrun/accelerate's ``WORLD_SIZE/RANK``, else a SLURM array's."""
+    if args.num_shards is not None:
+        return args.num_shards, args.shard_id or 0
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["WORLD_SIZE"]), int(env["RANK"])
+    if "SLURM_ARRAY_TASK_COUNT" in env and "SLURM_ARRAY_TASK_ID" in env:
+        return int(env["SLURM_ARRAY_TASK_COUNT"]), int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    return 1, 0
+
+
+def record_of(item, dataset, model_id):
+    return dict(file=item.file, method=item.method, dataset=dataset, source_env=item.source_env, source=item.source,
+                guide_env=item.guide_env, guide=item.guide, prompt=item.prompt, class_name=item.class_name,
+                sample=item.sample, params=item.params, seed=item.seed, model_id=model_id)
+
+
+def skips_name(method, shard_id, num_shards):
+    return manifest_name(method, shard_id, num_shards).replace("manifest.", "skipped.", 1)
+
+
+def _read_skips(out_root, method):
+    skipped = set()
+    for name in os.listdir(out_root) if os.path.isdir(out_root) else []:
+        if name.startswith(f"skipped.{method}.") and name.endswith(".jsonl"):
+            with open(os.path.join(out_root, name)) as f:
+                skipped.update(json.loads(line)["file"] for line in f if line.strip().endswith("}"))
+    return skipped
+
+
+class Writer(threading.Thread):
+    """Saves a batch's PNGs atomically, then appends their records (and the batch's skips) to the manifests."""
+
+    def __init__(self, out_root, manifest, skips):
+        super().__init__(daemon=True)
+        self.out_root, self.manifest, self.skips = out_root, manifest, skips
+        self.queue = queue.Queue(maxsize=4)
+        self.error = None
+
+    def run(self):
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            results, records, skipped = job
+            try:
+                for (item, pixels) in results:
+                    save_png(Image.fromarray(pixels), os.path.join(self.out_root, item.file))
+                self.manifest.write(records)
+                self.skips.write(skipped)
+            except Exception as error:  # surfaced to the main thread by put/close
+                self.error = error
+                return
+
+    def put(self, job):
+        if self.error:
+            raise self.error
+        self.queue.put(job)
+
+    def close(self):
+        self.queue.put(None)
+        self.join()
+        if self.error:
+            raise self.error
+
+
+def plan_method(args, folder, envs, method, embedded):
+    cfg = method_config(args, method, embedded)
+    runner = REGISTRY[method](cfg)
+    units = runner.plan(folder, envs)
+    per_batch = 1 if method == "latent-prior" else cfg.batch_size
+    return cfg, runner, make_batches(units, per_batch)
+
+
+def describe_plan(folder, method, batches, cfg, stream=sys.stdout):
+    """Images per (source env, guide env) and the disk they need (PNG, estimated)."""
+    counts = {}
+    for batch in batches:
+        for unit in batch:
+            for item in unit.items:
+                key = f"{item.source_env} -> {item.guide_env}" if item.guide_env else item.source_env
+                counts[key] = counts.get(key, 0) + 1
+    total = sum(counts.values())
+    per_image = cfg.resolution * cfg.resolution * 3 * 0.5 + 300  # PNG of generated images: about half of raw
+    print(f"{method}: {total} images at {cfg.resolution}px, steps {cfg.steps}, strength {cfg.strength}, "
+          f"guidance {cfg.guidance}; disk ~{total * per_image / 2 ** 20:.1f} MiB", file=stream)
+    for key in sorted(counts):
+        print(f"    {key}: {counts[key]}", file=stream)
+    return total
+
+
+def run(args, stream=sys.stdout):
+    """Generate the selected methods' synthetic domains; returns {method: images made in this run}."""
+    folder = scan(args.data_dir, args.dataset, args.dataset_dir, args.envs)
+    envs = args.envs or folder.env_names
+    num_shards, shard_id = distributed_shard(args)
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"--shard_id {shard_id} is outside 0..{num_shards - 1}")
+    embedded = args.model in (None, "", "embedded")
+    out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
+    plans = {m: plan_method(args, folder, envs, m, embedded) for m in args.methods}
+    if args.dry_run:
+        print(f"plan for {args.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
+              f"{num_shards}, into {out_root}:", file=stream)
+        for method, (cfg, runner, batches) in plans.items():
+            describe_plan(folder, method, shard_of(batches, num_shards, shard_id), cfg, stream)
+        return {}
+    from domainbed_diffusion.diffusion import LatentDiffusion
+    model = LatentDiffusion.from_pretrained(args.model or "embedded", device=args.device, dtype=args.dtype)
+    if args.compile or args.channels_last:
+        model.optimize(channels_last=args.channels_last, compile=args.compile)
+    made = {}
+    for method, (cfg, runner, batches) in plans.items():
+        made[method] = run_method(model, folder, method, runner, shard_of(batches, num_shards, shard_id), out_root,
+                                  num_shards, shard_id, stream)
+    return made
+
+
+def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=sys.stdout):
+    os.makedirs(out_root, exist_ok=True)
+    recorded = {r["file"] for r in read_manifests(out_root, method)}
+    skipped = _read_skips(out_root, method)
+
+    def done(item):
+        return item.file in skipped or (item.file in recorded and os.path.isfile(os.path.join(out_root, item.file)))
+
+    todo = [b for b in batches if not all(done(it) for u in b for it in u.items)]
+    total = sum(u.size for b in batches for u in b)
+    remaining = sum(u.size for b in todo for u in b)
+    messages = []
+
+    def report(message, level="warning"):
+        messages.append(message)
+        if level == "warning":
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    manifest = ManifestWriter(os.path.join(out_root, manifest_name(method, shard_id, num_shards)))
+    skips = ManifestWriter(os.path.join(out_root, skips_name(method, shard_id, num_shards)))
+    writer = Writer(out_root, manifest, skips)
+    writer.start()
+    start, made = time.time(), 0
+    bar = tqdm(total=total, initial=total - remaining, unit="img", desc=method, file=stream, dynamic_ncols=True,
+               mininterval=1.0)
+    try:
+        for batch in todo:
+            results = runner.run(model, batch, folder, report)
+            produced = {item.file for item, _ in results}
+            skipped_items = [{"file": it.file, "reason": "source unreadable or no accepted candidate"}
+                             for u in batch for it in u.items if it.file not in produced]
+            records = [record_of(item, folder.name, model.model_id) for item, _ in results]
+            writer.put((results, records, skipped_items))
+            made += len(results)
+            bar.update(sum(u.size for u in batch))
+    finally:
+        bar.close()
+        writer.close()
+        manifest.close()
+        skips.close()
+    elapsed = time.time() - start
+    rate = made / elapsed if elapsed > 0 else 0.0
+    print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); "
+          f"{total - remaining} were already done; output {out_root}", file=stream)
+    infos = [m for m in messages if m.startswith("latent-prior")]
+    if infos:
+        print("\n".join(infos), file=stream)
+    return made

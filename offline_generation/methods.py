@@ -1,0 +1,323 @@
+"""The four generation methods: what images each makes (``plan``) and how a batch of them is made (``run``).
+
+The math is in ``domainbed_diffusion.methods``; the diffusion operations in ``LatentDiffusion``. A plan is a
+list of units in a fixed order (one source image for CDGA, a source image and its M samples for ED-SAM, an
+(env, class) group for latent-prior); every output image has a seed derived from its own path, so what an image
+looks like depends neither on the batch it was made in nor on the shard that made it.
+"""
+import math
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from domainbed_diffusion.diffusion.pipeline import generators_from_seeds, per_image_noise
+from domainbed_diffusion.hparams_registry import seed_hash
+from domainbed_diffusion.methods import cdga, edsam, latent_prior
+from domainbed_diffusion.synthetic import env_folder, safe_name
+
+from .sources import load_image
+
+METHODS = ("cdga-pg", "cdga-ig", "edsam", "latent-prior")
+
+# Defaults per method (the papers' where they say) and for the embedded DigitStyles model.
+DEFAULTS = {
+    "cdga-pg": dict(steps=50, strength=0.75, guidance=7.5, resolution=256),
+    "cdga-ig": dict(steps=50, strength=0.75, guidance=7.5, resolution=256),
+    "edsam": dict(steps=10, strength=1.0, guidance=1.0, resolution=256),
+    "latent-prior": dict(steps=10, strength=1.0, guidance=1.0, resolution=256),
+}
+EMBEDDED_DEFAULTS = {
+    "cdga-pg": dict(steps=10, strength=0.6, guidance=3.0, resolution=32),
+    "cdga-ig": dict(steps=10, strength=0.6, guidance=3.0, resolution=32),
+    "edsam": dict(steps=10, strength=1.0, guidance=1.0, resolution=32),
+    "latent-prior": dict(steps=10, strength=1.0, guidance=1.0, resolution=32),
+}
+
+
+@dataclass
+class Item:
+    """One output image and its provenance (becomes one manifest record)."""
+    file: str
+    method: str
+    source_env: str
+    class_name: str
+    seed: int
+    sample: int = 0
+    source: Optional[str] = None
+    guide_env: Optional[str] = None
+    guide: Optional[str] = None
+    prompt: str = ""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    """Items made together: their source image(s) are loaded and encoded once."""
+    items: List[Item]
+    key: str
+
+    @property
+    def size(self):
+        return len(self.items)
+
+
+def _stem(rel_path):
+    return safe_name(os.path.splitext(os.path.basename(rel_path))[0])
+
+
+def _file(method, source_env, guide_env, class_name, name):
+    return f"{env_folder(method, source_env, guide_env)}/{safe_name(class_name)}/{name}.png"
+
+
+class Method:
+    name = ""
+
+    def __init__(self, cfg):
+        self.cfg = cfg  # an argparse.Namespace-like object with the resolved settings of this method
+
+    def seed(self, *keys):
+        return seed_hash(self.cfg.seed, self.name, self.cfg.dataset, *keys)
+
+    def params(self):
+        c = self.cfg
+        return dict(steps=c.steps, strength=c.strength, guidance=c.guidance, resolution=c.resolution)
+
+    def plan(self, folder, envs):
+        raise NotImplementedError
+
+    def run(self, model, units, folder, report):
+        """``[(item, uint8 HxWx3 image)]`` for the units' items; unreadable sources are reported and skipped."""
+        raise NotImplementedError
+
+    # shared helpers -----------------------------------------------------------------------------------
+    def load(self, folder, rel_paths, report):
+        """Source images as a (B, 3, R, R) tensor, and the indices of the ones that could be read."""
+        arrays, ok = [], []
+        for i, rel in enumerate(rel_paths):
+            array, error = load_image(os.path.join(folder.root, rel), self.cfg.resolution)
+            if error:
+                report(f"unreadable image skipped: {os.path.join(folder.root, rel)} ({error})")
+                continue
+            arrays.append(array)
+            ok.append(i)
+        if not arrays:
+            return None, ok
+        return torch.from_numpy(np.stack(arrays)), ok
+
+
+def to_uint8(images):
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+class CDGAPromptGuided(Method):
+    """CDGA-PG: img2img of each image of env i toward every other env j, prompted with env j's description."""
+    name = "cdga-pg"
+
+    def plan(self, folder, envs):
+        descriptions = cdga.load_descriptions(folder.name, envs, self.cfg.domain_descriptions)
+        units = []
+        for image in folder.images:
+            if image.env not in envs:
+                continue
+            items = []
+            for guide_env in envs:
+                if guide_env == image.env:
+                    continue
+                for k in range(self.cfg.images_per_pair):
+                    items.append(Item(
+                        file=_file(self.name, image.env, guide_env, image.class_name, f"{_stem(image.rel_path)}_{k}"),
+                        method=self.name, source_env=image.env, class_name=image.class_name, sample=k,
+                        seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path, guide_env=guide_env,
+                        prompt=cdga.pg_prompt(image.class_name, descriptions[guide_env], self.cfg.prompt_template),
+                        params=self.params()))
+            units.append(Unit(items, image.rel_path))
+        return units
+
+    def run(self, model, units, folder, report):
+        pixels, ok = self.load(folder, [u.key for u in units], report)
+        if pixels is None:
+            return []
+        units = [units[i] for i in ok]
+        latents = model.encode_images(pixels.to(model.device))
+        repeat = torch.tensor([u.size for u in units], device=latents.device)
+        items = [item for u in units for item in u.items]
+        z = self.guided_latents(model, latents.repeat_interleave(repeat, 0), items, folder, report)
+        keep = [i for i, zi in enumerate(z) if zi is not None]
+        if not keep:
+            return []
+        items = [items[i] for i in keep]
+        z = torch.stack([z[i] for i in keep])
+        out = model.img2img(z, [it.prompt for it in items], self.cfg.strength, self.cfg.steps, self.cfg.guidance,
+                            generators_from_seeds([it.seed for it in items]))
+        return list(zip(items, to_uint8(model.decode_latents(out))))
+
+    def guided_latents(self, model, latents, items, folder, report):
+        return list(latents)
+
+
+class CDGAImageGuided(CDGAPromptGuided):
+    """CDGA-IG: the same pairs, guided by a same-class image of env j (latent AdaIN, see ``methods.cdga``)."""
+    name = "cdga-ig"
+
+    def params(self):
+        return dict(super().params(), guide_mix=self.cfg.guide_mix)
+
+    def plan(self, folder, envs):
+        units = []
+        for image in folder.images:
+            if image.env not in envs:
+                continue
+            items = []
+            for guide_env in envs:
+                if guide_env == image.env:
+                    continue
+                pool = [g.rel_path for g in folder.by_env_class.get((guide_env, image.class_name), [])]
+                for k in range(self.cfg.images_per_pair):
+                    guide = cdga.choose_guide(pool, f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}")
+                    if guide is None:
+                        continue  # env j has no image of this class
+                    items.append(Item(
+                        file=_file(self.name, image.env, guide_env, image.class_name, f"{_stem(image.rel_path)}_{k}"),
+                        method=self.name, source_env=image.env, class_name=image.class_name, sample=k,
+                        seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path, guide_env=guide_env,
+                        guide=guide, prompt=cdga.class_prompt(image.class_name), params=self.params()))
+            if items:
+                units.append(Unit(items, image.rel_path))
+        return units
+
+    def guided_latents(self, model, latents, items, folder, report):
+        guides, ok = self.load(folder, [it.guide for it in items], report)
+        if guides is None:
+            return [None] * len(items)
+        guide_latents = model.encode_images(guides.to(model.device))
+        guided = cdga.image_guided_latents(latents[ok], guide_latents, self.cfg.guide_mix)
+        out = [None] * len(items)
+        for row, i in enumerate(ok):
+            out[i] = guided[row]
+        return out
+
+
+class EDSAM(Method):
+    """ED-SAM: DDIM-invert each image with its class prompt, transport the latent M times, regenerate."""
+    name = "edsam"
+
+    def params(self):
+        return dict(steps=self.cfg.steps, guidance=self.cfg.guidance, resolution=self.cfg.resolution,
+                    rho=self.cfg.rho, num_samples=self.cfg.num_samples)
+
+    def plan(self, folder, envs):
+        units = []
+        for image in folder.images:
+            if image.env not in envs:
+                continue
+            items = [Item(file=_file(self.name, image.env, None, image.class_name, f"{_stem(image.rel_path)}_{m}"),
+                          method=self.name, source_env=image.env, class_name=image.class_name, sample=m,
+                          seed=self.seed(image.rel_path, m), source=image.rel_path,
+                          prompt=cdga.class_prompt(image.class_name), params=self.params())
+                     for m in range(self.cfg.num_samples)]
+            units.append(Unit(items, image.rel_path))
+        return units
+
+    def run(self, model, units, folder, report):
+        pixels, ok = self.load(folder, [u.key for u in units], report)
+        if pixels is None:
+            return []
+        units = [units[i] for i in ok]
+        latents = model.encode_images(pixels.to(model.device))
+        prompts = [u.items[0].prompt for u in units]
+        inverted = model.invert(latents, prompts, self.cfg.steps, guidance_scale=1.0)
+        items = [item for u in units for item in u.items]
+        repeat = torch.tensor([u.size for u in units], device=latents.device)
+        z = inverted.repeat_interleave(repeat, 0)
+        generators = generators_from_seeds([it.seed for it in items])
+        alpha = edsam.sample_alpha(generators, self.cfg.rho)
+        noise = per_image_noise(generators, z.shape[1:], z.device, z.dtype)
+        moved = edsam.transport(z, alpha, noise)
+        for item, a in zip(items, alpha.tolist()):
+            item.params = dict(item.params, alpha=round(a, 6))
+        out = model.denoise(moved, [it.prompt for it in items], self.cfg.steps, guidance_scale=self.cfg.guidance)
+        return list(zip(items, to_uint8(model.decode_latents(out))))
+
+
+class LatentPrior(Method):
+    """Latent-prior sampling: per (env, class), a Gaussian prior of the inverted latents, geometric rejection,
+    DDIM denoising within the bandwidth."""
+    name = "latent-prior"
+
+    def params(self):
+        c = self.cfg
+        return dict(steps=c.steps, mix_steps=self.mix_steps, guidance=c.guidance, resolution=c.resolution,
+                    tolerance=list(c.tolerance))
+
+    @property
+    def mix_steps(self):
+        return max(1, min(self.cfg.steps, round(self.cfg.mix_fraction * self.cfg.steps)))
+
+    def plan(self, folder, envs):
+        units = []
+        for env in envs:
+            for class_name in folder.class_names:
+                refs = folder.by_env_class.get((env, class_name), [])
+                if len(refs) < 3:
+                    continue  # a prior and its geometry need at least three references
+                n = max(1, round(self.cfg.samples_per_image * len(refs)))
+                items = [Item(file=_file(self.name, env, None, class_name, f"prior_{k:06d}"), method=self.name,
+                              source_env=env, class_name=class_name, sample=k, seed=self.seed(env, class_name, k),
+                              prompt=cdga.class_prompt(class_name), params=self.params())
+                         for k in range(n)]
+                units.append(Unit(items, f"{env}/{class_name}"))
+        return units
+
+    def run(self, model, units, folder, report):
+        results = []
+        for unit in units:
+            results += self.run_group(model, unit, folder, report)
+        return results
+
+    def run_group(self, model, unit, folder, report):
+        first = unit.items[0]
+        refs = [r.rel_path for r in folder.by_env_class[(first.source_env, first.class_name)]]
+        pixels, ok = self.load(folder, refs, report)
+        if pixels is None or len(ok) < 3:
+            report(f"latent-prior: fewer than 3 readable images in {unit.key}, skipped")
+            return []
+        prompt, steps, mix = first.prompt, self.cfg.steps, self.mix_steps
+        clean = torch.cat([model.encode_images(chunk.to(model.device)) for chunk in pixels.split(self.cfg.batch_size)])
+        inverted = torch.cat([model.invert(c, [prompt] * len(c), steps, mix) for c in clean.split(self.cfg.batch_size)])
+        prior = latent_prior.fit_prior(inverted.cpu())
+        target = latent_prior.fit_geometry(inverted.cpu())
+        eta = self.cfg.bandwidth
+        if eta == "auto":
+            k = min(len(clean), self.cfg.batch_size)
+            eta, _ = latent_prior.estimate_bandwidth(
+                model, inverted[:k], clean[:k], [prompt] * k, steps, mix,
+                generators_from_seeds([self.seed(unit.key, "bandwidth", i) for i in range(k)]))
+        accepted, tried = [], 0
+        max_tries = self.cfg.max_tries * len(unit.items)
+        while len(accepted) < len(unit.items) and tried < max_tries:
+            chunk = min(self.cfg.batch_size, max_tries - tried)
+            seeds = [self.seed(unit.key, "candidate", tried + i) for i in range(chunk)]
+            candidates = prior.sample(generators_from_seeds(seeds))
+            mask = latent_prior.accept(candidates, inverted.cpu(), target, self.cfg.tolerance)
+            accepted += [(c, s) for c, s, m in zip(candidates, seeds, mask.tolist()) if m]
+            tried += chunk
+        rate = len(accepted) / max(tried, 1)
+        report(f"latent-prior {unit.key}: accepted {len(accepted)}/{tried} candidates ({rate:.0%}), "
+               f"bandwidth eta={eta}", level="info")
+        items = unit.items[:len(accepted)]
+        results = []
+        for start in range(0, len(items), self.cfg.batch_size):
+            batch = items[start:start + self.cfg.batch_size]
+            z = torch.stack([accepted[start + i][0] for i in range(len(batch))]).to(model.device, model.dtype)
+            out = model.denoise(z, [prompt] * len(batch), steps, mix, self.cfg.guidance, eta=eta,
+                                generators=generators_from_seeds([it.seed for it in batch]))
+            for it in batch:
+                it.params = dict(it.params, eta=eta, acceptance_rate=round(rate, 4))
+            results += list(zip(batch, to_uint8(model.decode_latents(out))))
+        return results
+
+
+REGISTRY = {m.name: m for m in (CDGAPromptGuided, CDGAImageGuided, EDSAM, LatentPrior)}

@@ -1,0 +1,70 @@
+"""Preview grids: for each method, a few source images, each next to its synthetic variants.
+
+For latent-prior, whose images have no single source, the row starts with a real image of the (env, class)
+whose prior made them.
+"""
+import os
+import random
+import sys
+
+from PIL import Image, ImageDraw
+
+from domainbed_diffusion.synthetic import SyntheticDomains, default_root, load_rgb
+
+from .sources import dataset_root
+
+LABEL_WIDTH = 150
+
+
+def _rows(domains, method, dataset_dir, n_rows, n_variants, seed):
+    records = domains.records(method)
+    groups = {}
+    for r in records:
+        key = r.get("source") or f"{r['source_env']}/{r['class_name']}"
+        groups.setdefault(key, []).append(r)
+    keys = sorted(groups)
+    keys = random.Random(seed).sample(keys, min(n_rows, len(keys)))
+    rows = []
+    for key in sorted(keys):
+        group = sorted(groups[key], key=lambda r: (str(r.get("guide_env")), r["sample"]))[:n_variants]
+        if group[0].get("source"):
+            real = os.path.join(dataset_dir, group[0]["source"])
+        else:
+            folder = os.path.join(dataset_dir, group[0]["source_env"], group[0]["class_name"])
+            real = os.path.join(folder, sorted(os.listdir(folder))[0])
+        labels = [f"{r['guide_env']}" if r.get("guide_env") else f"#{r['sample']}" for r in group]
+        rows.append((key, real, [os.path.join(domains.dataset_root, r["file"]) for r in group], labels))
+    return rows
+
+
+def preview(args, stream=sys.stdout):
+    """Write the grid PNG for ``args.methods``; returns its path."""
+    root = args.output_dir or default_root(args.data_dir)
+    domains = SyntheticDomains(root, args.dataset)
+    real_root = dataset_root(args.data_dir, args.dataset, args.dataset_dir)
+    tile, pad = args.size, 4
+    sections = [(m, _rows(domains, m, real_root, args.rows, args.variants, args.seed))
+                for m in args.methods if domains.exists(m)]
+    if not sections:
+        raise FileNotFoundError(f"no synthetic images of {args.methods} under {domains.dataset_root}: "
+                                f"generate them first with python -m offline_generation")
+    columns = 1 + max(len(r[2]) for _, rows in sections for r in rows)
+    height = sum(20 + len(rows) * (tile + 16 + pad) for _, rows in sections)
+    grid = Image.new("RGB", (LABEL_WIDTH + columns * (tile + pad), height), "white")
+    draw = ImageDraw.Draw(grid)
+    y = 0
+    for method, rows in sections:
+        draw.text((4, y + 4), f"{method}: source | synthetic variants", fill="black")
+        y += 20
+        for key, real, files, labels in rows:
+            draw.text((4, y + tile // 2), key[-24:], fill="black")
+            x = LABEL_WIDTH
+            for path, label in [(real, "source")] + list(zip(files, labels)):
+                grid.paste(load_rgb(path).resize((tile, tile), Image.NEAREST), (x, y))
+                draw.text((x, y + tile + 1), label[:16], fill="gray")
+                x += tile + pad
+            y += tile + 16 + pad
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    grid.save(args.out)
+    print(f"wrote {args.out}", file=stream)
+    return args.out

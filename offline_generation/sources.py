@@ -1,0 +1,104 @@
+"""Reading a DomainBed dataset folder ``<data_dir>/<dataset dir>/<env>/<class>/<image>`` as real-world data.
+
+JPEG and PNG in any mode (grayscale, palette, RGBA, CMYK, 16-bit) and any size become RGB at the generation
+resolution; unreadable files are reported by name and skipped, never fatal; empty class folders are reported.
+"""
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image, ImageFile
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not silently padded
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# DomainBed's folder of each dataset under data_dir.
+DATASET_DIRS = {"PACS": "PACS", "VLCS": "VLCS", "OfficeHome": "office_home", "TerraIncognita": "terra_incognita",
+                "DomainNet": "domain_net", "DigitStyles": "DigitStyles", "SVIRO": "sviro"}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    env: str
+    class_name: str
+    rel_path: str  # relative to the dataset folder: "<env>/<class>/<file>"
+
+
+@dataclass
+class DatasetFolder:
+    name: str
+    root: str
+    env_names: List[str]
+    class_names: List[str]
+    images: List[SourceImage]
+    by_env_class: Dict[tuple, List[SourceImage]] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+    def path(self, image):
+        return os.path.join(self.root, image.rel_path)
+
+
+def dataset_root(data_dir, dataset, dataset_dir=None):
+    root = dataset_dir or os.path.join(data_dir, DATASET_DIRS.get(dataset, dataset))
+    if not os.path.isdir(root):
+        hint = (f"python -m domainbed_diffusion.digitstyles --data_dir {data_dir}" if dataset == "DigitStyles"
+                else "DomainBed's `python -m domainbed.scripts.download --data_dir ...`, or pass --dataset_dir")
+        raise FileNotFoundError(f"dataset folder {root} does not exist; create it with {hint}")
+    return root
+
+
+def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=sys.stderr):
+    """The dataset's envs, classes and image files (sorted, as DomainBed's ImageFolder orders them)."""
+    root = dataset_root(data_dir, dataset, dataset_dir)
+    env_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not env_names:
+        raise FileNotFoundError(f"{root} has no env folders: expected {root}/<env>/<class>/<image>")
+    if envs:
+        unknown = [e for e in envs if e not in env_names]
+        if unknown:
+            raise ValueError(f"--envs {unknown} not found in {root}; its envs are {env_names}")
+    warnings, images, by_env_class = [], [], {}
+    class_names = set()
+    for env in env_names:
+        env_dir = os.path.join(root, env)
+        for cls in sorted(e.name for e in os.scandir(env_dir) if e.is_dir() and not e.name.startswith(".")):
+            class_names.add(cls)
+            files = sorted(e.name for e in os.scandir(os.path.join(env_dir, cls))
+                           if e.is_file() and e.name.lower().endswith(EXTENSIONS) and not e.name.startswith("."))
+            if not files:
+                warnings.append(f"empty class folder skipped: {os.path.join(env_dir, cls)}")
+                continue
+            items = [SourceImage(env, cls, f"{env}/{cls}/{f}") for f in files]
+            by_env_class[(env, cls)] = items
+            if not envs or env in envs:
+                images.extend(items)
+    for w in warnings:
+        print(f"warning: {w}", file=stream)
+    return DatasetFolder(dataset, root, env_names, sorted(class_names), images, by_env_class, warnings)
+
+
+def to_rgb(img):
+    """Any PIL mode as RGB; transparency is composited over white."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+        a = np.asarray(img, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path, size):
+    """The image at ``path`` as float32 (3, size, size) in [0, 1], or ``(None, reason)`` if unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = to_rgb(img)
+    except Exception as error:  # PIL raises many types for broken files
+        return None, f"{type(error).__name__}: {error}"
+    rgb = rgb.resize((size, size), Image.BICUBIC)
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0, None
