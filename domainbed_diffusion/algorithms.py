@@ -1,17 +1,22 @@
 """The plugin's DomainBed algorithms: one short class each; their hyperparameters are in ``hparams_registry``.
 
-Each method's math lives in a module of its own (``miro``, ...), imported here and by the generator.
+Each method's math lives in a module of its own (``miro``, ``methods.*``, ``domainfusion``), imported here and,
+for the generation methods, by the offline generator too.
 """
 import copy
+import math
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
+from . import context, domainfusion, training_data
+from .methods import cdga, gsd
 from .miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
-ALGORITHMS = ["MIRO"]
+ALGORITHMS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
 
 
 class MIRO(ERM):
@@ -58,3 +63,191 @@ class MIRO(ERM):
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), "ce": ce.item(), "miro": reg.item()}
+
+
+class SyntheticERM(ERM):
+    """ERM on real images plus the synthetic images of one generator method, read leak-free from disk.
+
+    ``synthetic_mode="paired"``: per training env, a synthetic minibatch of the same size beside the real one,
+    its loss weighted by ``synthetic_weight``. ``"concat"``: each env is the union of its real and synthetic
+    images (CDGA's setting): each real sample is replaced by a synthetic one with the synthetic share of the
+    union, synthetic samples weighted by ``synthetic_weight``. Same featurizer, classifier and optimizer as ERM.
+    """
+    METHOD = None
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        name = type(self).__name__
+        ctx = context.require(name, input_shape, num_domains)
+        base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
+        if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
+            items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
+                                                  self.allow_test_guides(hparams))
+            datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i))
+                        for i in ctx.train_envs]
+        else:  # DomainBed's Debug datasets: tensors, no files to generate from offline
+            made = training_data.in_memory_synthetic(ctx, self.METHOD, hparams, base_seed)
+            datasets = [torch.utils.data.TensorDataset(*made[i]) for i in ctx.train_envs]
+        self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
+                                                       getattr(ctx.dataset, "N_WORKERS", 0))
+        # the synthetic share of each env's real + synthetic union ("concat" mode)
+        self.synthetic_share = [len(d) / (len(d) + len(ctx.training_split(i)))
+                                for d, i in zip(datasets, ctx.train_envs)]
+        self._generator = torch.Generator().manual_seed(base_seed)
+
+    def select_records(self, hparams):
+        """A filter on manifest records (method parameters), or None."""
+        return None
+
+    def allow_test_guides(self, hparams):
+        return False
+
+    def update(self, minibatches, unlabeled=None):
+        device = minibatches[0][0].device
+        synthetic = self.synthetic.next()
+        w = self.hparams["synthetic_weight"]
+        xs, ys, weights = [], [], []
+        for (x, y), (sx, sy), share in zip(minibatches, synthetic, self.synthetic_share):
+            sx, sy = sx[:len(x)].to(device), sy[:len(x)].to(device)
+            if self.hparams["synthetic_mode"] == "paired":
+                xs += [x, sx]
+                ys += [y, sy]
+                weights += [torch.ones(len(x), device=device), torch.full((len(sx),), w, device=device)]
+            elif self.hparams["synthetic_mode"] == "concat":
+                swap = (torch.rand(len(x), generator=self._generator) < share).to(device)
+                xs.append(torch.where(swap[:, None, None, None], sx, x))
+                ys.append(torch.where(swap, sy, y))
+                weights.append(torch.where(swap, torch.full_like(swap, w, dtype=torch.float), 1.0))
+            else:
+                raise ValueError(f"synthetic_mode {self.hparams['synthetic_mode']!r}: use 'paired' or 'concat'")
+        per_sample = F.cross_entropy(self.predict(torch.cat(xs)), torch.cat(ys), reduction="none")
+        weights = torch.cat(weights)
+        # paired: mean CE of the real half plus w times that of the synthetic half (halves of equal size)
+        denominator = sum(len(x) for x, _ in minibatches) if self.hparams["synthetic_mode"] == "paired" \
+            else weights.sum()
+        loss = (weights * per_sample).sum() / denominator
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+
+class CDGA_PG(SyntheticERM):
+    """CDGA, prompt-guided (Hemati et al., 2023): ERM on real images + img2img toward each other training env's
+    text description (``python -m offline_generation --methods cdga-pg``)."""
+    METHOD = "cdga-pg"
+
+    def select_records(self, hparams):
+        return lambda r: r["sample"] < hparams["cdga_images_per_pair"]
+
+    def allow_test_guides(self, hparams):
+        if hparams["cdga_star_uses_test_domain"]:
+            print(f"WARNING: {type(self).__name__} with cdga_star_uses_test_domain=True trains on images made "
+                  f"toward the TEST domain: this uses test-domain information (CDGA's starred variant) and is "
+                  f"not domain generalization.", file=sys.stderr)
+        return bool(hparams["cdga_star_uses_test_domain"])
+
+
+class CDGA_IG(CDGA_PG):
+    """CDGA, image-guided: the same pairs, guided by a same-class image of the other env (``--methods cdga-ig``)."""
+    METHOD = "cdga-ig"
+
+
+class EDSAM(SyntheticERM):
+    """ED-SAM (Truong et al., 2024): ERM on real images + M transported regenerations of each (``--methods
+    edsam``); ``edsam_rho`` must match a generated rho, the first ``edsam_m`` samples per image are used."""
+    METHOD = "edsam"
+
+    def select_records(self, hparams):
+        rho, m = hparams["edsam_rho"], hparams["edsam_m"]
+        return lambda r: abs(r["params"].get("rho", rho) - rho) < 1e-9 and r["sample"] < m
+
+
+class LatentPrior(SyntheticERM):
+    """Latent-prior sampling (Zhu et al., 2023): ERM on real images + samples from each training (env, class)'s
+    Gaussian prior of inverted latents (``--methods latent-prior``)."""
+    METHOD = "latent-prior"
+
+
+class DomainFusion(ERM):
+    """DomainFusion (seed 000): ``lambda_raw CE(real) + lambda_gen CE(synthetic) + lambda_gsd L_GSD`` with Adam
+    and a cosine schedule over the run's steps. The synthetic set is refreshed every ``refresh_every`` steps
+    (the synthetic images of that step, by N-candidate img2img and the sampling strategy); GSD runs every
+    ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
+    is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
+    ``sampling_strategy=False`` give the paper's ablation rows.
+    """
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        ctx = context.require("DomainFusion", input_shape, num_domains)
+        self.train_envs = ctx.train_envs
+        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping)
+        self.prompts = [hparams["class_prompt"].format(cdga.class_text(c)) for c in ctx.class_names]
+        self.base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())
+        self._generator = torch.Generator().manual_seed(self.base_seed)
+        self._diffusion = None  # a plain object, so never in state_dict nor moved by .to()
+        self.step = 0
+        total = ctx.total_steps
+        if hparams["lr_schedule"] == "cosine" and total:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        else:
+            self.scheduler = None
+
+    def diffusion(self, device):
+        if self._diffusion is None:
+            from .diffusion import LatentDiffusion
+            self._diffusion = LatentDiffusion.from_pretrained(self.hparams["diffusion_model"], device=device,
+                                                              dtype=self.hparams["diffusion_dtype"])
+        return self._diffusion
+
+    def gsd_loss(self, x, y, logits):
+        model = self.diffusion(x.device)
+        size = self.hparams["image_size"]
+        confidence = logits.softmax(1).gather(1, y[:, None]).squeeze(1)
+        t = gsd.sample_timesteps(len(x), self.hparams["gsd_t_min"], self.hparams["gsd_t_max"],
+                                 model.scheduler.config.num_train_timesteps, self._generator, model.device)
+        shape = (model.vae.config.latent_channels, size // model.vae_scale_factor, size // model.vae_scale_factor)
+        noise = torch.randn((len(x), *shape), generator=self._generator).to(model.device, model.dtype)
+        return gsd.gsd_loss(model, self.mapping.to_pixels(x, (size, size)), confidence,
+                            [self.prompts[int(c)] for c in y], t, noise, self.hparams["gsd_weighting"],
+                            self.hparams["gsd_guidance_scale"])
+
+    def update(self, minibatches, unlabeled=None):
+        hp = self.hparams
+        real_x = torch.cat([x for x, y in minibatches])
+        real_y = torch.cat([y for x, y in minibatches])
+        device, n = real_x.device, len(real_x)
+        use_gen = hp["lambda_gen"] > 0
+        indices = [i for env, (x, _) in zip(self.train_envs, minibatches)
+                   for i in self.pool.sample(env, len(x), self._generator)] if use_gen else []
+        x = real_x
+        if use_gen:
+            syn_x, syn_y = self.pool.inputs(indices)
+            x = torch.cat([real_x, syn_x.to(device)])
+        logits = self.predict(x)
+        loss_raw = F.cross_entropy(logits[:n], real_y)
+        loss = hp["lambda_raw"] * loss_raw
+        out = {"loss_raw": loss_raw.item()}
+        if use_gen:
+            loss_gen = F.cross_entropy(logits[n:], syn_y.to(device))
+            loss = loss + hp["lambda_gen"] * loss_gen
+            out["loss_gen"] = loss_gen.item()
+        if hp["lambda_gsd"] > 0 and self.step % hp["gsd_every"] == 0:
+            loss_gsd = self.gsd_loss(real_x, real_y, logits[:n])
+            loss = loss + hp["lambda_gsd"] * loss_gsd
+            out["loss_gsd"] = loss_gsd.item()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if use_gen and self.step % hp["refresh_every"] == 0:
+            out["refreshed"] = domainfusion.refresh(self.pool, indices, self.diffusion(device), self.network,
+                                                    self.featurizer, self.classifier, self.prompts, hp,
+                                                    self.base_seed)
+        self.step += 1
+        out["loss"] = loss.item()
+        return out

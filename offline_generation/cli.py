@@ -11,7 +11,7 @@ import argparse
 import shlex
 import sys
 
-from .methods import METHODS
+from domainbed_diffusion.methods import METHODS
 
 SUBCOMMANDS = ("generate", "preview", "prepare", "train-embedded", "benchmark")
 
@@ -48,9 +48,9 @@ def _generation_arguments(parser):
     g.add_argument("--rho", type=float, default=0.5, help="ED-SAM: transport distance bound")
     g.add_argument("--mix_fraction", type=float, default=0.8, help="latent-prior: inversion depth (fraction of steps)")
     g.add_argument("--bandwidth", default="auto", help="latent-prior: DDIM eta when denoising, or 'auto'")
-    g.add_argument("--tolerance", type=float, nargs=3, default=[3.0, 3.0, 3.0],
-                   help="latent-prior: tolerances (in reference stds) of pairwise distance, pairwise angle, "
-                        "angle to origin")
+    g.add_argument("--tolerance", type=float, nargs=3, default=[0.05, 5.0, 5.0],
+                   help="latent-prior: tolerances of the pairwise distance (relative), the pairwise angle and the "
+                        "angle to origin (degrees)")
     g.add_argument("--samples_per_image", type=float, default=1.0, help="latent-prior: images per reference image")
     g.add_argument("--max_tries", type=int, default=20, help="latent-prior: candidates drawn per wanted image, at most")
     g = parser.add_argument_group("scale")

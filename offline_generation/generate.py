@@ -2,7 +2,8 @@
 
 Work is cut into batches in a fixed order before anything is skipped or sharded, and batch ``b`` belongs to
 shard ``b % num_shards``: a batch is made of the same images whatever the number of shards and whatever an
-earlier run finished, so an image's bytes do not depend on how the job was split or interrupted. A batch is
+earlier run finished, so for a given batch size an image's bytes do not depend on how the job was split or
+interrupted. (Seeds come from image paths, so another batch size changes pixels only by float rounding.) A batch is
 done when each of its images is on disk and recorded in a manifest (or recorded as skipped): a rerun skips it.
 Images are written atomically by a background thread while the next batch runs on the device.
 """
@@ -19,7 +20,9 @@ from tqdm import tqdm
 
 from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name, read_manifests, save_png
 
-from .methods import DEFAULTS, EMBEDDED_DEFAULTS, REGISTRY
+from domainbed_diffusion.methods import DEFAULTS, EMBEDDED_DEFAULTS
+
+from .methods import REGISTRY
 from .sources import scan
 
 
@@ -128,7 +131,7 @@ def plan_method(args, folder, envs, method, embedded):
     return cfg, runner, make_batches(units, per_batch)
 
 
-def describe_plan(folder, method, batches, cfg, stream=sys.stdout):
+def describe_plan(folder, method, batches, cfg, stream=None):
     """Images per (source env, guide env) and the disk they need (PNG, estimated)."""
     counts = {}
     for batch in batches:
@@ -145,7 +148,7 @@ def describe_plan(folder, method, batches, cfg, stream=sys.stdout):
     return total
 
 
-def run(args, stream=sys.stdout):
+def run(args, stream=None):
     """Generate the selected methods' synthetic domains; returns {method: images made in this run}."""
     folder = scan(args.data_dir, args.dataset, args.dataset_dir, args.envs)
     envs = args.envs or folder.env_names
@@ -172,7 +175,7 @@ def run(args, stream=sys.stdout):
     return made
 
 
-def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=sys.stdout):
+def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=None):
     os.makedirs(out_root, exist_ok=True)
     recorded = {r["file"] for r in read_manifests(out_root, method)}
     skipped = _read_skips(out_root, method)

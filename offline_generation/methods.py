@@ -5,7 +5,6 @@ list of units in a fixed order (one source image for CDGA, a source image and it
 (env, class) group for latent-prior); every output image has a seed derived from its own path, so what an image
 looks like depends neither on the batch it was made in nor on the shard that made it.
 """
-import math
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -13,28 +12,11 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from domainbed_diffusion.diffusion.pipeline import generators_from_seeds, per_image_noise
 from domainbed_diffusion.hparams_registry import seed_hash
 from domainbed_diffusion.methods import cdga, edsam, latent_prior
 from domainbed_diffusion.synthetic import env_folder, safe_name
 
 from .sources import load_image
-
-METHODS = ("cdga-pg", "cdga-ig", "edsam", "latent-prior")
-
-# Defaults per method (the papers' where they say) and for the embedded DigitStyles model.
-DEFAULTS = {
-    "cdga-pg": dict(steps=50, strength=0.75, guidance=7.5, resolution=256),
-    "cdga-ig": dict(steps=50, strength=0.75, guidance=7.5, resolution=256),
-    "edsam": dict(steps=10, strength=1.0, guidance=1.0, resolution=256),
-    "latent-prior": dict(steps=10, strength=1.0, guidance=1.0, resolution=256),
-}
-EMBEDDED_DEFAULTS = {
-    "cdga-pg": dict(steps=10, strength=0.6, guidance=3.0, resolution=32),
-    "cdga-ig": dict(steps=10, strength=0.6, guidance=3.0, resolution=32),
-    "edsam": dict(steps=10, strength=1.0, guidance=1.0, resolution=32),
-    "latent-prior": dict(steps=10, strength=1.0, guidance=1.0, resolution=32),
-}
 
 
 @dataclass
@@ -141,21 +123,16 @@ class CDGAPromptGuided(Method):
         if pixels is None:
             return []
         units = [units[i] for i in ok]
-        latents = model.encode_images(pixels.to(model.device))
-        repeat = torch.tensor([u.size for u in units], device=latents.device)
+        latents = model.encode_images(pixels.to(model.device))  # once per source, then one row per item
         items = [item for u in units for item in u.items]
-        z = self.guided_latents(model, latents.repeat_interleave(repeat, 0), items, folder, report)
-        keep = [i for i, zi in enumerate(z) if zi is not None]
-        if not keep:
-            return []
-        items = [items[i] for i in keep]
-        z = torch.stack([z[i] for i in keep])
-        out = model.img2img(z, [it.prompt for it in items], self.cfg.strength, self.cfg.steps, self.cfg.guidance,
-                            generators_from_seeds([it.seed for it in items]))
-        return list(zip(items, to_uint8(model.decode_latents(out))))
+        latents = latents.repeat_interleave(torch.tensor([u.size for u in units], device=latents.device), 0)
+        items, images = self.make(model, latents, items, folder, report)
+        return list(zip(items, to_uint8(images)))
 
-    def guided_latents(self, model, latents, items, folder, report):
-        return list(latents)
+    def make(self, model, latents, items, folder, report):
+        c = self.cfg
+        return items, cdga.prompt_guided(model, latents, [it.prompt for it in items], [it.seed for it in items],
+                                         c.strength, c.steps, c.guidance)
 
 
 class CDGAImageGuided(CDGAPromptGuided):
@@ -188,16 +165,15 @@ class CDGAImageGuided(CDGAPromptGuided):
                 units.append(Unit(items, image.rel_path))
         return units
 
-    def guided_latents(self, model, latents, items, folder, report):
+    def make(self, model, latents, items, folder, report):
         guides, ok = self.load(folder, [it.guide for it in items], report)
         if guides is None:
-            return [None] * len(items)
+            return [], torch.zeros(0, 3, self.cfg.resolution, self.cfg.resolution)
+        c = self.cfg
+        items = [items[i] for i in ok]
         guide_latents = model.encode_images(guides.to(model.device))
-        guided = cdga.image_guided_latents(latents[ok], guide_latents, self.cfg.guide_mix)
-        out = [None] * len(items)
-        for row, i in enumerate(ok):
-            out[i] = guided[row]
-        return out
+        return items, cdga.image_guided(model, latents[ok], guide_latents, [it.prompt for it in items],
+                                        [it.seed for it in items], c.strength, c.steps, c.guidance, c.guide_mix)
 
 
 class EDSAM(Method):
@@ -227,19 +203,13 @@ class EDSAM(Method):
             return []
         units = [units[i] for i in ok]
         latents = model.encode_images(pixels.to(model.device))
-        prompts = [u.items[0].prompt for u in units]
-        inverted = model.invert(latents, prompts, self.cfg.steps, guidance_scale=1.0)
+        images, alpha = edsam.generate(model, latents, [u.items[0].prompt for u in units],
+                                       [[it.seed for it in u.items] for u in units], self.cfg.rho, self.cfg.steps,
+                                       self.cfg.guidance)
         items = [item for u in units for item in u.items]
-        repeat = torch.tensor([u.size for u in units], device=latents.device)
-        z = inverted.repeat_interleave(repeat, 0)
-        generators = generators_from_seeds([it.seed for it in items])
-        alpha = edsam.sample_alpha(generators, self.cfg.rho)
-        noise = per_image_noise(generators, z.shape[1:], z.device, z.dtype)
-        moved = edsam.transport(z, alpha, noise)
         for item, a in zip(items, alpha.tolist()):
             item.params = dict(item.params, alpha=round(a, 6))
-        out = model.denoise(moved, [it.prompt for it in items], self.cfg.steps, guidance_scale=self.cfg.guidance)
-        return list(zip(items, to_uint8(model.decode_latents(out))))
+        return list(zip(items, to_uint8(images)))
 
 
 class LatentPrior(Method):
@@ -284,40 +254,16 @@ class LatentPrior(Method):
         if pixels is None or len(ok) < 3:
             report(f"latent-prior: fewer than 3 readable images in {unit.key}, skipped")
             return []
-        prompt, steps, mix = first.prompt, self.cfg.steps, self.mix_steps
-        clean = torch.cat([model.encode_images(chunk.to(model.device)) for chunk in pixels.split(self.cfg.batch_size)])
-        inverted = torch.cat([model.invert(c, [prompt] * len(c), steps, mix) for c in clean.split(self.cfg.batch_size)])
-        prior = latent_prior.fit_prior(inverted.cpu())
-        target = latent_prior.fit_geometry(inverted.cpu())
-        eta = self.cfg.bandwidth
-        if eta == "auto":
-            k = min(len(clean), self.cfg.batch_size)
-            eta, _ = latent_prior.estimate_bandwidth(
-                model, inverted[:k], clean[:k], [prompt] * k, steps, mix,
-                generators_from_seeds([self.seed(unit.key, "bandwidth", i) for i in range(k)]))
-        accepted, tried = [], 0
-        max_tries = self.cfg.max_tries * len(unit.items)
-        while len(accepted) < len(unit.items) and tried < max_tries:
-            chunk = min(self.cfg.batch_size, max_tries - tried)
-            seeds = [self.seed(unit.key, "candidate", tried + i) for i in range(chunk)]
-            candidates = prior.sample(generators_from_seeds(seeds))
-            mask = latent_prior.accept(candidates, inverted.cpu(), target, self.cfg.tolerance)
-            accepted += [(c, s) for c, s, m in zip(candidates, seeds, mask.tolist()) if m]
-            tried += chunk
-        rate = len(accepted) / max(tried, 1)
-        report(f"latent-prior {unit.key}: accepted {len(accepted)}/{tried} candidates ({rate:.0%}), "
-               f"bandwidth eta={eta}", level="info")
-        items = unit.items[:len(accepted)]
-        results = []
-        for start in range(0, len(items), self.cfg.batch_size):
-            batch = items[start:start + self.cfg.batch_size]
-            z = torch.stack([accepted[start + i][0] for i in range(len(batch))]).to(model.device, model.dtype)
-            out = model.denoise(z, [prompt] * len(batch), steps, mix, self.cfg.guidance, eta=eta,
-                                generators=generators_from_seeds([it.seed for it in batch]))
-            for it in batch:
-                it.params = dict(it.params, eta=eta, acceptance_rate=round(rate, 4))
-            results += list(zip(batch, to_uint8(model.decode_latents(out))))
-        return results
+        c = self.cfg
+        samples = latent_prior.generate(model, pixels, first.prompt, len(unit.items),
+                                        lambda k: self.seed(unit.key, "candidate", k), c.steps, self.mix_steps,
+                                        c.guidance, c.bandwidth, c.tolerance, c.max_tries, c.batch_size)
+        report(f"latent-prior {unit.key}: accepted {len(samples.seeds)}/{samples.tried} candidates "
+               f"({samples.acceptance_rate:.0%}), bandwidth eta={samples.eta}", level="info")
+        items = unit.items[:len(samples.seeds)]
+        for item in items:
+            item.params = dict(item.params, eta=samples.eta, acceptance_rate=round(samples.acceptance_rate, 4))
+        return list(zip(items, to_uint8(samples.images)))
 
 
 REGISTRY = {m.name: m for m in (CDGAPromptGuided, CDGAImageGuided, EDSAM, LatentPrior)}

@@ -5,7 +5,6 @@ whose prior made them.
 """
 import os
 import random
-import sys
 
 from PIL import Image, ImageDraw
 
@@ -37,7 +36,7 @@ def _rows(domains, method, dataset_dir, n_rows, n_variants, seed):
     return rows
 
 
-def preview(args, stream=sys.stdout):
+def preview(args, stream=None):
     """Write the grid PNG for ``args.methods``; returns its path."""
     root = args.output_dir or default_root(args.data_dir)
     domains = SyntheticDomains(root, args.dataset)

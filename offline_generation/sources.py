@@ -49,7 +49,7 @@ def dataset_root(data_dir, dataset, dataset_dir=None):
     return root
 
 
-def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=sys.stderr):
+def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=None):
     """The dataset's envs, classes and image files (sorted, as DomainBed's ImageFolder orders them)."""
     root = dataset_root(data_dir, dataset, dataset_dir)
     env_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -75,7 +75,7 @@ def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=sys.stderr):
             if not envs or env in envs:
                 images.extend(items)
     for w in warnings:
-        print(f"warning: {w}", file=stream)
+        print(f"warning: {w}", file=stream or sys.stderr)
     return DatasetFolder(dataset, root, env_names, sorted(class_names), images, by_env_class, warnings)
 
 

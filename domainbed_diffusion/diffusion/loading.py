@@ -5,6 +5,7 @@ is the papers' model), or ``embedded``: the tiny DigitStyles model shipped with 
 downloaded; a missing or malformed checkpoint gets an error that names the path and the fix.
 """
 import os
+import re
 
 import torch
 
@@ -19,7 +20,10 @@ class CheckpointError(FileNotFoundError):
 
 
 def _looks_like_path(name):
-    return os.sep in name or name.startswith(".") or name.startswith("~") or os.path.exists(name)
+    """A folder rather than a Hugging Face id ("org/name" that is not an existing path)."""
+    if os.path.exists(name) or name.startswith((".", "~", os.sep)):
+        return True
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is None
 
 
 def validate_checkpoint(folder):
@@ -46,6 +50,9 @@ def resolve_model(name_or_path):
     """The local folder of a model name: ``embedded``, a folder, or a Hugging Face id in the local cache."""
     name = (name_or_path or EMBEDDED).strip()
     if name == EMBEDDED:
+        if not os.path.isdir(EMBEDDED_PATH):
+            raise CheckpointError(f"the embedded model is missing from {EMBEDDED_PATH}: reinstall the package, or "
+                                  f"train it with `python -m offline_generation train-embedded --data_dir <dir>`")
         return validate_checkpoint(EMBEDDED_PATH)
     if _looks_like_path(name):
         path = os.path.abspath(os.path.expanduser(name))

@@ -97,3 +97,17 @@ def image_guided_latents(source_latents, guide_latents, mix=1.0):
     s_mean, s_std = channel_stats(source_latents)
     g_mean, g_std = channel_stats(guide_latents)
     return adain(source_latents, (1 - mix) * s_mean + mix * g_mean, (1 - mix) * s_std + mix * g_std)
+
+
+def prompt_guided(model, latents, prompts, seeds, strength, steps, guidance):
+    """CDGA-PG images (B, 3, R, R) in [0, 1]: img2img of clean ``latents`` toward ``prompts``, a seed per image."""
+    from ..diffusion.pipeline import generators_from_seeds
+    out = model.img2img(latents, prompts, strength, steps, guidance, generators_from_seeds(seeds))
+    return model.decode_latents(out)
+
+
+def image_guided(model, latents, guide_latents, prompts, seeds, strength, steps, guidance, mix=1.0):
+    """CDGA-IG images: ``latents`` moved toward ``guide_latents``' channel statistics, then img2img with the
+    class-only ``prompts``."""
+    return prompt_guided(model, image_guided_latents(latents, guide_latents, mix), prompts, seeds, strength,
+                         steps, guidance)

@@ -24,3 +24,18 @@ def transport(z, alpha, noise):
 def gaussian_w2(mean_a, std_a, mean_b, std_b):
     """2-Wasserstein distance between 1-D Gaussians: ``sqrt((m_a - m_b)^2 + (s_a - s_b)^2)``."""
     return math.sqrt((mean_a - mean_b) ** 2 + (std_a - std_b) ** 2)
+
+
+def generate(model, latents, prompts, seeds, rho, steps, guidance=1.0):
+    """ED-SAM images: each of the clean ``latents`` DDIM-inverted once with its prompt, then transported and
+    regenerated once per seed in ``seeds[i]`` (M seeds per image). Returns images (sum M, 3, R, R) and alphas."""
+    from ..diffusion.pipeline import generators_from_seeds, per_image_noise
+    inverted = model.invert(latents, prompts, steps, guidance_scale=1.0)  # guidance breaks inversion
+    counts = torch.tensor([len(s) for s in seeds], device=inverted.device)
+    z = inverted.repeat_interleave(counts, 0)
+    generators = generators_from_seeds([s for per_image in seeds for s in per_image])
+    alpha = sample_alpha(generators, rho)
+    noise = per_image_noise(generators, z.shape[1:], z.device, z.dtype)
+    repeated_prompts = [p for p, s in zip(prompts, seeds) for _ in s]
+    out = model.denoise(transport(z, alpha, noise), repeated_prompts, steps, guidance_scale=guidance)
+    return model.decode_latents(out), alpha

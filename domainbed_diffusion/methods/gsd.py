@@ -73,7 +73,8 @@ def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_
     def encode(scale):
         return model.vae.encode(scale.view(-1, 1, 1, 1) * x0).latent_dist.mean * model.latent_scale
 
-    with torch.no_grad():
+    # fused attention kernels have no forward-mode derivative: the math kernel is used for this one pass
+    with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         latents, dlatents_dp = torch.func.jvp(encode, (p.detach(),), (torch.ones_like(p),))
     residual = score_residual(model, latents, cond, t, noise, kind, guidance_scale, uncond)
     dloss_dp = (residual.float() * dlatents_dp.float()).flatten(1).sum(1)  # per image, exact

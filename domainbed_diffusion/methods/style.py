@@ -1,5 +1,4 @@
 """Channel statistics and AdaIN (Huang & Belongie, 2017), shared by CDGA-IG and DomainFusion."""
-import torch
 
 
 def channel_stats(x, eps=1e-5):

@@ -1,0 +1,119 @@
+"""DomainFusion's pixel-level half (Sec. 3.3): the autoregressively refreshed synthetic set.
+
+The set holds one synthetic image per training image (1:1 in size), initialised from that training image and
+refreshed in place: a refresh makes N img2img candidates of the image's *current* synthetic version (class
+prompt) and keeps one, chosen by the sampling strategy (``methods.candidates``). So each synthetic image evolves
+over training. Images are loaded from disk the first time they are needed and kept, once refreshed, as uint8 at
+the generation size: memory grows by ``3 * image_size^2`` bytes per refreshed image.
+"""
+import contextlib
+
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from .hparams_registry import seed_hash
+from .methods import candidates
+
+
+class SyntheticPool:
+    """One entry per training image of every training env, in env order."""
+
+    def __init__(self, ctx, size, mapping):
+        self.ctx, self.size, self.mapping = ctx, size, mapping
+        self.entries, self.ranges, labels = [], {}, []
+        for env_index in ctx.train_envs:
+            env = ctx.dataset[env_index]
+            split = ctx.training_split(env_index)
+            keys = list(getattr(split, "keys", range(len(env))))
+            start = len(self.entries)
+            self.entries += [(env_index, k) for k in keys]
+            self.ranges[env_index] = (start, len(self.entries))
+            labels += [int(env.samples[k][1]) if hasattr(env, "samples") else int(env[k][1]) for k in keys]
+        self.labels = torch.tensor(labels)
+        self.refreshed = {}  # index -> uint8 (3, size, size)
+        self.versions = {}   # index -> number of refreshes
+
+    def __len__(self):
+        return len(self.entries)
+
+    def sample(self, env_index, n, generator):
+        start, end = self.ranges[env_index]
+        return (torch.randint(start, end, (n,), generator=generator)).tolist()
+
+    def _original(self, index):
+        env_index, key = self.entries[index]
+        env = self.ctx.dataset[env_index]
+        if hasattr(env, "samples"):
+            image = env.loader(env.samples[key][0]).convert("RGB").resize((self.size, self.size), Image.BICUBIC)
+            return TF.pil_to_tensor(image)
+        x = torch.as_tensor(env[key][0]).float()[None]
+        return (self.mapping.to_pixels(x, (self.size, self.size))[0] * 255 + 0.5).to(torch.uint8)
+
+    def uint8(self, index):
+        if index not in self.refreshed:
+            return self._original(index)
+        return self.refreshed[index]
+
+    def pixels(self, indices):
+        """Current synthetic images as float (B, 3, size, size) in [0, 1]."""
+        return torch.stack([self.uint8(i) for i in indices]).float() / 255
+
+    def write(self, indices, pixels):
+        data = (pixels.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        for i, image in zip(indices, data):
+            self.refreshed[i] = image
+            self.versions[i] = self.versions.get(i, 0) + 1
+
+    def inputs(self, indices):
+        """Network inputs of the current images, through each env's own transform (its augmentations)."""
+        out = []
+        for i in indices:
+            env = self.ctx.dataset[self.entries[i][0]]
+            transform = getattr(env, "transform", None)
+            if hasattr(env, "samples") and transform is not None:
+                out.append(transform(TF.to_pil_image(self.uint8(i))))
+            else:
+                out.append(self.mapping.to_inputs(self.uint8(i)[None].float() / 255)[0])
+        return torch.stack(out), self.labels[indices]
+
+
+@contextlib.contextmanager
+def evaluating(module):
+    """Evaluation mode for a scoring pass (no BatchNorm statistics updates), restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@torch.no_grad()
+def refresh(pool, indices, model, network, featurizer, classifier, prompts, hparams, base_seed):
+    """Replace the pool's images at ``indices`` by one of N img2img candidates of their current version."""
+    device = next(network.parameters()).device
+    current = pool.pixels(indices).to(model.device)
+    labels = pool.labels[indices]
+    n = int(hparams["n_candidates"])
+    z0 = model.encode_images(current)
+    seeds = [seed_hash(base_seed, i, pool.versions.get(i, 0), k) for i in indices for k in range(n)]
+    from .diffusion import generators_from_seeds
+    cand = model.img2img(z0.repeat_interleave(n, 0), [prompts[int(y)] for y in labels for _ in range(n)],
+                         hparams["img2img_strength"], hparams["img2img_steps"], hparams["guidance_scale"],
+                         generators_from_seeds(seeds))
+    cand = cand.view(len(indices), n, *z0.shape[1:])
+    if n > 1 and hparams["sampling_strategy"]:
+        style = candidates.select_style(cand, z0)
+        cand_pixels = model.decode_latents(cand.flatten(0, 1))
+        with evaluating(network):
+            f_cand = featurizer(pool.mapping.to_inputs(cand_pixels.to(device)))
+            p_cand = classifier(f_cand).softmax(1)[torch.arange(len(f_cand)), labels.repeat_interleave(n).to(device)]
+            f_src = featurizer(pool.mapping.to_inputs(current.float().to(device)))
+        content = candidates.select_content(f_cand.view(len(indices), n, -1), f_src, p_cand.view(len(indices), n),
+                                            hparams["content_lambda"])
+        new = candidates.combine(cand, style.to(cand.device), content.to(cand.device))
+    else:
+        new = cand[:, 0]  # one candidate, or the strategy off: the first candidate as it is
+    pool.write(indices, model.decode_latents(new))
+    return len(indices)

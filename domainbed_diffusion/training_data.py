@@ -1,0 +1,204 @@
+"""Training-side data of the generation-based algorithms: synthetic minibatches, pixels <-> network inputs.
+
+Synthetic images reach the network exactly as real ones do: through the env's own transform (DomainBed's
+augmentations included) and DomainBed's ``InfiniteDataLoader``. DomainBed's Debug datasets have no image files,
+so for them the synthetic set is made in memory at construction, by the same method functions the generator
+uses, with the embedded model.
+"""
+import os
+import shlex
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+
+from . import synthetic
+from .hparams_registry import EMBEDDED_MODEL, PAPERS_MODEL, seed_hash
+
+
+# -- pixels <-> network inputs ------------------------------------------------------------------------------
+def _normalize_of(transform):
+    if isinstance(transform, transforms.Normalize):
+        return transform
+    for t in getattr(transform, "transforms", []):
+        found = _normalize_of(t)
+        if found is not None:
+            return found
+    return None
+
+
+class PixelMapping:
+    """Maps network inputs of an env back to pixels in [0, 1] and pixels to (non-augmented) network inputs."""
+
+    def __init__(self, transform, input_shape):
+        normalize = _normalize_of(transform)
+        self.mean = torch.tensor(normalize.mean if normalize else [0.0] * input_shape[0]).view(1, -1, 1, 1)
+        self.std = torch.tensor(normalize.std if normalize else [1.0] * input_shape[0]).view(1, -1, 1, 1)
+        self.size = tuple(input_shape[1:])
+
+    def to_pixels(self, x, size=None):
+        p = (x * self.std.to(x) + self.mean.to(x)).clamp(0, 1)
+        return p if size is None else F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def to_inputs(self, pixels):
+        p = F.interpolate(pixels, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return (p - self.mean.to(p)) / self.std.to(p)
+
+
+def env_transform(ctx, env_index):
+    return getattr(ctx.dataset[env_index], "transform", None)
+
+
+def has_files(env):
+    return hasattr(env, "samples")
+
+
+def dataset_root_of(ctx):
+    """The dataset's folder on disk: the parent of its env folders."""
+    roots = {os.path.dirname(os.path.normpath(env.root)) for env in ctx.dataset.datasets if hasattr(env, "root")}
+    return roots.pop() if len(roots) == 1 else None
+
+
+def training_sources(ctx):
+    """env index -> paths (relative to the dataset folder) of the images this run trains on."""
+    root = dataset_root_of(ctx)
+    out = {}
+    for i in ctx.train_envs:
+        split = ctx.training_split(i)
+        env = ctx.dataset[i]
+        keys = getattr(split, "keys", range(len(env)))
+        out[i] = {os.path.relpath(env.samples[k][0], root).replace(os.sep, "/") for k in keys}
+    return out
+
+
+# -- synthetic minibatches ----------------------------------------------------------------------------------
+class SyntheticImages(torch.utils.data.Dataset):
+    """Synthetic images of one env, through that env's transform."""
+
+    def __init__(self, items, transform):
+        self.items = items  # [(path, label, record)]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, label, _ = self.items[index]
+        image = synthetic.load_rgb(path)
+        return (self.transform(image) if self.transform else transforms.functional.to_tensor(image)), label
+
+
+class SyntheticStream:
+    """Per training env (in DomainBed's minibatch order), an endless stream of synthetic minibatches."""
+
+    def __init__(self, datasets, batch_size, num_workers):
+        from domainbed.lib.fast_data_loader import InfiniteDataLoader
+        self.datasets = datasets
+        # uniform weights: DomainBed's loader then samples with replacement, whatever the dataset's size
+        self.loaders = [iter(InfiniteDataLoader(d, torch.ones(len(d)), batch_size, num_workers)) for d in datasets]
+
+    def __len__(self):
+        return len(self.loaders)
+
+    def next(self):
+        return [next(loader) for loader in self.loaders]
+
+
+def generator_command(ctx, method, hparams):
+    """The generator command line that makes what a run of ``method`` needs."""
+    model = EMBEDDED_MODEL if ctx.dataset_name == "DigitStyles" else PAPERS_MODEL
+    parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
+             "--methods", method, "--model", model]
+    if hparams.get("synthetic_root"):
+        parts += ["--output_dir", hparams["synthetic_root"]]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test_guides=False):
+    """Leak-free synthetic items per training env, read through the manifests; clear errors when missing."""
+    root = hparams.get("synthetic_root") or synthetic.default_root(ctx.data_dir)
+    domains = synthetic.SyntheticDomains(root, ctx.dataset_name)
+    command = generator_command(ctx, method, hparams)
+    if not domains.exists(method):
+        raise synthetic.SyntheticDataError(
+            f"{algorithm_name} trains on {method} synthetic images of {ctx.dataset_name}, and there are none under "
+            f"{domains.dataset_root}. Generate them first:\n    {command}\n(or point the hparam synthetic_root at "
+            f"the folder that holds them).")
+    try:
+        selected = domains.select(method, ctx.env_names, ctx.class_names, ctx.test_envs,
+                                  training_sources=training_sources(ctx), allow_test_guides=allow_test_guides,
+                                  where=where)
+    except synthetic.SyntheticDataError as error:
+        raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
+    empty = [ctx.env_names[i] for i, items in selected.items() if not items]
+    if empty:
+        raise synthetic.SyntheticDataError(
+            f"{algorithm_name}: no usable {method} image for training env(s) {empty} of {ctx.dataset_name} under "
+            f"{domains.dataset_root} (test envs {[ctx.env_names[i] for i in ctx.test_envs]}). Were they generated "
+            f"for these envs and these settings? Generate with:\n    {command}")
+    return selected
+
+
+# -- in memory, for datasets without files ------------------------------------------------------------------
+def in_memory_synthetic(ctx, method, hparams, base_seed):
+    """{training env: (images (N, C, H, W) as network inputs, labels)} made with the embedded model, for envs
+    that are tensors (DomainBed's Debug datasets)."""
+    from .diffusion import LatentDiffusion
+    from .methods import EMBEDDED_DEFAULTS, cdga, edsam, latent_prior
+    settings = EMBEDDED_DEFAULTS[method]
+    model = LatentDiffusion.from_pretrained(EMBEDDED_MODEL, device="cpu", dtype="float32")
+    size = model.unet.config.sample_size * model.vae_scale_factor
+    if ctx.input_shape[0] != 3:
+        raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
+    mapping = PixelMapping(None, ctx.input_shape)
+    data = {}
+    for i in ctx.train_envs:
+        env = ctx.dataset[i]
+        x = torch.stack([env[k][0] for k in range(len(env))]).float()
+        y = torch.stack([torch.as_tensor(env[k][1]) for k in range(len(env))]).long()
+        latents = model.encode_images(mapping.to_pixels(x, (size, size)))
+        prompts = [cdga.class_prompt(ctx.class_names[int(c)]) for c in y]
+
+        def seeds(*keys, n=len(y)):
+            return [seed_hash(base_seed, method, i, *keys, k) for k in range(n)]
+
+        outs, labels = [], []
+        if method in ("cdga-pg", "cdga-ig"):
+            for j in ctx.train_envs:
+                if j == i:
+                    continue
+                if method == "cdga-pg":
+                    pg = [cdga.pg_prompt(ctx.class_names[int(c)], f"domain {ctx.env_names[j]}") for c in y]
+                    out = cdga.prompt_guided(model, latents, pg, seeds(j), settings["strength"], settings["steps"],
+                                             settings["guidance"])
+                else:
+                    guide_env = ctx.dataset[j]
+                    gy = torch.stack([torch.as_tensor(guide_env[k][1]) for k in range(len(guide_env))])
+                    gx = torch.stack([guide_env[k][0] for k in range(len(guide_env))]).float()
+                    pick = [int(torch.nonzero(gy == c)[0]) if (gy == c).any() else 0 for c in y]
+                    guides = model.encode_images(mapping.to_pixels(gx[pick], (size, size)))
+                    out = cdga.image_guided(model, latents, guides, prompts, seeds(j), settings["strength"],
+                                            settings["steps"], settings["guidance"])
+                outs.append(out)
+                labels.append(y)
+        elif method == "edsam":
+            m = int(hparams.get("edsam_m", 10))
+            out, _ = edsam.generate(model, latents, prompts, [seeds(k, n=m) for k in range(len(y))],
+                                    hparams.get("edsam_rho", 0.5), settings["steps"])
+            outs.append(out)
+            labels.append(y.repeat_interleave(m))
+        elif method == "latent-prior":
+            for c in y.unique():
+                members = (y == c).nonzero().flatten()
+                if len(members) < 3:
+                    continue
+                samples = latent_prior.generate(model, mapping.to_pixels(x[members], (size, size)),
+                                                prompts[int(members[0])], len(members),
+                                                lambda k: seed_hash(base_seed, method, i, int(c), k),
+                                                settings["steps"], 8, bandwidth=0.0)
+                outs.append(samples.images)
+                labels.append(torch.full((len(samples.images),), int(c)))
+        if not outs or sum(len(o) for o in outs) == 0:
+            raise ValueError(f"{method} made no synthetic image for env {ctx.env_names[i]} of {ctx.dataset_name}")
+        data[i] = (mapping.to_inputs(torch.cat(outs)), torch.cat(labels))
+    return data

@@ -1,0 +1,246 @@
+"""The offline generator on a tiny dataset with a tiny random checkpoint: layout, provenance, resumption,
+shards, leak filtering and bad input."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from domainbed_diffusion.synthetic import SyntheticDataError, SyntheticDomains, read_manifests
+from offline_generation.cli import main as cli_main
+
+from conftest import REPO, subprocess_env, write_image_dataset
+
+DESCRIPTIONS = json.dumps({"env a": "style a", "env_b": "style b", "env_c": "style c"})
+ENVS = ["env a", "env_b", "env_c"]
+
+
+def generate(data_dir, checkpoint, *extra, methods=("all",)):
+    argv = ["--dataset", "Tiny", "--data_dir", data_dir, "--model", checkpoint, "--methods", *methods,
+            "--resolution", "32", "--steps", "4", "--num_samples", "2", "--batch_size", "4",
+            "--domain_descriptions", DESCRIPTIONS, "--max_tries", "5", "--tolerance", "0.2", "20", "30", *extra]
+    assert cli_main(argv) == 0
+
+
+def digests(root):
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".png"):
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, tiny_checkpoint):
+    data_dir = str(tmp_path_factory.mktemp("gen") / "data")
+    write_image_dataset(os.path.join(data_dir, "Tiny"), ENVS, ["cat", "dog"], per_class=3)
+    generate(data_dir, tiny_checkpoint)
+    return data_dir
+
+
+def test_every_method_writes_domainbed_layout_with_a_record_per_image(generated):
+    root = os.path.join(generated, "synthetic", "Tiny")
+    records = read_manifests(root)
+    by_method = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+        assert os.path.isfile(os.path.join(root, r["file"]))
+        for key in ("source_env", "class_name", "params", "seed", "model_id", "prompt"):
+            assert key in r
+    # 18 images: CDGA makes 2 per image (one per other env), ED-SAM M=2 per image, latent-prior 1 per image
+    assert len(by_method["cdga-pg"]) == 36 and len(by_method["cdga-ig"]) == 36
+    assert len(by_method["edsam"]) == 36
+    assert 0 < len(by_method["latent-prior"]) <= 18
+    pg = next(r for r in by_method["cdga-pg"] if r["guide_env"] == "env_b" and r["class_name"] == "dog")
+    assert pg["prompt"] == "a dog, style b" and pg["source_env"] != "env_b"
+    ig = next(r for r in by_method["cdga-ig"] if r["guide_env"] == "env_c")
+    assert ig["guide"].startswith("env_c/" + ig["class_name"] + "/")
+    assert all(abs(r["params"]["alpha"]) <= 0.5 for r in by_method["edsam"])
+    assert {r["sample"] for r in by_method["edsam"]} == {0, 1}
+    assert len(digests(root)) == len(records)  # no stray or temporary files
+    # each env folder reads as an ImageFolder, as DomainBed's image datasets do
+    from torchvision.datasets import ImageFolder
+    folder = ImageFolder(os.path.join(root, "cdga-pg__env_a__to__env_b"))
+    assert folder.classes == ["cat", "dog"] and len(folder) == 6
+
+
+def test_images_do_not_depend_on_the_batch_they_were_made_in(generated, tiny_checkpoint, tmp_path):
+    """Another batch size gives the same images up to float rounding (seeds come from image paths)."""
+    root = os.path.join(generated, "synthetic", "Tiny")
+    generate(generated, tiny_checkpoint, "--output_dir", str(tmp_path / "other"), "--batch_size", "3",
+             methods=("cdga-pg", "edsam"))
+    ours = digests(str(tmp_path / "other" / "Tiny"))
+    assert len(ours) == 72
+    for rel in ours:
+        a = np.asarray(Image.open(os.path.join(root, rel)), dtype=np.int16)
+        b = np.asarray(Image.open(os.path.join(tmp_path, "other", "Tiny", rel)), dtype=np.int16)
+        assert np.abs(a - b).max() <= 2, rel
+
+
+def test_rerun_skips_everything_and_resumed_files_are_byte_identical(generated, tiny_checkpoint, capsys):
+    root = os.path.join(generated, "synthetic", "Tiny")
+    before = digests(root)
+    generate(generated, tiny_checkpoint)
+    out = capsys.readouterr().out
+    assert "made 0 images" in out and "made 3" not in out
+    victims = sorted(before)[::7]
+    for rel in victims:
+        os.remove(os.path.join(root, rel))
+    with open(os.path.join(root, victims[0]) + ".1234.tmp", "wb") as f:  # a write cut by a crash
+        f.write(b"\x89PNG half")
+    generate(generated, tiny_checkpoint)
+    assert digests(root) == before
+    assert SyntheticDomains(os.path.join(generated, "synthetic"), "Tiny").records("cdga-pg")
+
+
+def test_shards_cover_every_image_exactly_once(tiny_dataset, tiny_checkpoint, tmp_path):
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", whole, methods=("cdga-pg",))
+    for k in range(3):
+        generate(tiny_dataset, tiny_checkpoint, "--output_dir", parts, "--num_shards", "3", "--shard_id", str(k),
+                 methods=("cdga-pg",))
+    files = []
+    for name in os.listdir(os.path.join(parts, "Tiny")):
+        if name.startswith("manifest."):
+            with open(os.path.join(parts, "Tiny", name)) as f:
+                files += [json.loads(line)["file"] for line in f]
+    assert len(files) == len(set(files)) == 36
+    assert digests(os.path.join(parts, "Tiny")) == digests(os.path.join(whole, "Tiny"))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_dataset, tiny_checkpoint, capsys):
+    generate(tiny_dataset, tiny_checkpoint, "--dry_run")
+    out = capsys.readouterr().out
+    assert "cdga-pg: 36 images" in out and "env a -> env_b: 6" in out and "MiB" in out
+    assert "edsam: 36 images" in out
+    assert not os.path.exists(os.path.join(tiny_dataset, "synthetic"))
+
+
+def test_real_world_files_are_read_or_reported(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
+    cls = os.path.join(tiny_dataset, "Tiny", "env_b", "cat")
+    rng = np.random.RandomState(1)
+    Image.fromarray((rng.rand(30, 17) * 255).astype(np.uint8)).save(os.path.join(cls, "gray.png"))
+    Image.fromarray((rng.rand(9, 40, 4) * 255).astype(np.uint8)).save(os.path.join(cls, "rgba.png"))
+    Image.fromarray((rng.rand(20, 20, 3) * 255).astype(np.uint8)).convert("CMYK").save(os.path.join(cls, "cmyk.jpg"))
+    Image.fromarray((rng.rand(20, 20) * 65535).astype(np.uint16)).save(os.path.join(cls, "deep.png"))
+    with open(os.path.join(cls, "broken.jpg"), "wb") as f:
+        f.write(b"not an image")
+    os.makedirs(os.path.join(tiny_dataset, "Tiny", "env_c", "bird"))  # an empty class folder
+    out_dir = str(tmp_path / "out")
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", out_dir, methods=("edsam",))
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "unreadable" in err and "empty class folder" in err
+    records = read_manifests(os.path.join(out_dir, "Tiny"), "edsam")
+    sources = {os.path.basename(r["source"]) for r in records}
+    assert {"gray.png", "rgba.png", "cmyk.jpg", "deep.png"} <= sources and "broken.jpg" not in sources
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", out_dir, methods=("edsam",))  # skipped, not retried
+    assert "made 0 images" in capsys.readouterr().out
+
+
+def test_leak_filter_never_returns_a_test_env_image(generated):
+    domains = SyntheticDomains(os.path.join(generated, "synthetic"), "Tiny")
+    for method in ("cdga-pg", "cdga-ig", "edsam", "latent-prior"):
+        for test_env in range(3):
+            selected = domains.select(method, ENVS, ["cat", "dog"], [test_env])
+            assert test_env not in selected
+            for env, items in selected.items():
+                for _, _, record in items:
+                    assert ENVS[test_env] not in (record["source_env"], record.get("guide_env"))
+                    assert record["source_env"] == ENVS[env]
+            assert sum(len(v) for v in selected.values()) > 0
+    # CDGA with env 0 held out keeps only the pairs between the other two envs
+    kept = domains.select("cdga-pg", ENVS, ["cat", "dog"], [0])
+    assert {(r["source_env"], r["guide_env"]) for items in kept.values() for _, _, r in items} == {
+        ("env_b", "env_c"), ("env_c", "env_b")}
+    # the starred variant keeps pairs toward the test env, never from it
+    star = domains.select("cdga-pg", ENVS, ["cat", "dog"], [0], allow_test_guides=True)
+    assert all(r["source_env"] != "env a" for items in star.values() for _, _, r in items)
+    assert any(r["guide_env"] == "env a" for items in star.values() for _, _, r in items)
+
+
+def test_leak_filter_drops_images_made_from_validation_images(generated):
+    domains = SyntheticDomains(os.path.join(generated, "synthetic"), "Tiny")
+    training = {1: {"env_b/cat/img0.png"}, 2: {"env_c/dog/img1.png", "env_c/cat/img0.png"}}
+    selected = domains.select("cdga-ig", ENVS, ["cat", "dog"], [0], training_sources=training)
+    for env, items in selected.items():
+        for _, _, r in items:
+            assert r["source"] in training[env] and r["guide"] in training[1 if env == 2 else 2]
+
+
+def test_missing_and_inconsistent_manifests_fail_clearly(generated, tmp_path):
+    with pytest.raises(SyntheticDataError, match="does not exist"):
+        SyntheticDomains(str(tmp_path), "Tiny").records("edsam")
+    root = tmp_path / "syn" / "Tiny" / "edsam__env_b" / "cat"
+    root.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "x.png")
+    with pytest.raises(SyntheticDataError, match="no manifest"):
+        SyntheticDomains(str(tmp_path / "syn"), "Tiny").records("edsam")
+    manifest = tmp_path / "syn" / "Tiny" / "manifest.edsam.shard-00000-of-00001.jsonl"
+    manifest.write_text(json.dumps({"file": "edsam__env_b/cat/missing.png", "method": "edsam",
+                                    "source_env": "env_b", "class_name": "cat"}) + "\n")
+    with pytest.raises(SyntheticDataError, match="not on disk"):
+        SyntheticDomains(str(tmp_path / "syn"), "Tiny").records("edsam")
+    manifest.write_text(json.dumps({"file": "edsam__env_b/cat/x.png", "method": "edsam",
+                                    "source_env": "env_z", "class_name": "cat"}) + "\n")
+    with pytest.raises(SyntheticDataError, match="env_z"):
+        SyntheticDomains(str(tmp_path / "syn"), "Tiny").select("edsam", ENVS, ["cat", "dog"], [])
+    manifest.write_text("{broken json\n")
+    with pytest.raises(SyntheticDataError, match=":1 is not valid JSON"):
+        SyntheticDomains(str(tmp_path / "syn"), "Tiny").records("edsam")
+
+
+def test_bad_arguments_get_clear_errors(tiny_dataset, tiny_checkpoint, capsys):
+    assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--envs", "nope", "--dry_run"]) == 2
+    assert "--envs ['nope'] not found" in capsys.readouterr().err
+    assert cli_main(["--dataset", "Missing", "--data_dir", tiny_dataset, "--dry_run"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--methods", "cdga-pg", "--dry_run"]) == 2
+    assert "--domain_descriptions" in capsys.readouterr().err
+    assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", str(tiny_dataset),
+                     "--methods", "edsam"]) == 2
+    assert "model_index.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--methods", "magic"])
+
+
+def test_preview_grid(generated, tmp_path):
+    out = str(tmp_path / "grid.png")
+    assert cli_main(["preview", "--dataset", "Tiny", "--data_dir", generated, "--out", out, "--rows", "2"]) == 0
+    grid = Image.open(out)
+    assert grid.width > 300 and grid.height > 4 * 96
+
+
+def test_slurm_job_array_for_shards(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOMAINBED_SLURM_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("DOMAINBED_SLURM_PARTITION", "gpu")
+    assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--methods", "edsam", "--slurm", "4"]) == 0
+    scripts = [f for f in os.listdir(tmp_path / "jobs") if f.endswith(".sbatch")]
+    script = (tmp_path / "jobs" / scripts[0]).read_text()
+    assert "#SBATCH --array=0-3" in script and "#SBATCH --partition=gpu" in script
+    commands = (tmp_path / "jobs" / scripts[0].replace(".sbatch", ".commands")).read_text().splitlines()
+    assert len(commands) == 4 and all("--slurm" not in c for c in commands)
+    assert [c.split("--shard_id ")[1] for c in commands] == ["0", "1", "2", "3"]
+    assert all("--num_shards 4" in c and "offline_generation" in c for c in commands)
+
+
+def test_torchrun_two_processes_split_the_work(tiny_dataset, tiny_checkpoint, tmp_path):
+    """Two CPU processes under torchrun take disjoint halves (their RANK and WORLD_SIZE) of the same job."""
+    out = str(tmp_path / "tr")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "offline_generation", "--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", tiny_checkpoint,
+           "--methods", "cdga-pg", "--resolution", "32", "--steps", "4", "--batch_size", "4",
+           "--domain_descriptions", DESCRIPTIONS, "--output_dir", out]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifests = sorted(n for n in os.listdir(os.path.join(out, "Tiny")) if n.startswith("manifest."))
+    assert manifests == ["manifest.cdga-pg.shard-00000-of-00002.jsonl", "manifest.cdga-pg.shard-00001-of-00002.jsonl"]
+    files = [json.loads(line)["file"] for m in manifests for line in open(os.path.join(out, "Tiny", m))]
+    assert len(files) == len(set(files)) == 36
