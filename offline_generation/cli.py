@@ -23,6 +23,8 @@ def _generation_arguments(parser):
     g.add_argument("--dataset_dir", default=None, help="the dataset's folder, if not DomainBed's default under data_dir")
     g.add_argument("--envs", nargs="+", default=None, help="env folders to use (default: all)")
     g.add_argument("--output_dir", default=None, help="synthetic root (default: <data_dir>/synthetic)")
+    g.add_argument("--max_per_class", type=int, default=None,
+                   help="use at most this many source images per (env, class), the first in name order")
     g = parser.add_argument_group("model")
     g.add_argument("--model", default="embedded",
                    help="'embedded', a diffusers checkpoint folder, or a Hugging Face id in the local cache "

@@ -15,6 +15,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -150,7 +151,8 @@ def describe_plan(folder, method, batches, cfg, stream=None):
 
 def run(args, stream=None):
     """Generate the selected methods' synthetic domains; returns {method: images made in this run}."""
-    folder = scan(args.data_dir, args.dataset, args.dataset_dir, args.envs)
+    folder = scan(args.data_dir, args.dataset, args.dataset_dir, args.envs,
+                  max_per_class=getattr(args, "max_per_class", None))
     envs = args.envs or folder.env_names
     num_shards, shard_id = distributed_shard(args)
     if not 0 <= shard_id < num_shards:
@@ -165,7 +167,10 @@ def run(args, stream=None):
             describe_plan(folder, method, shard_of(batches, num_shards, shard_id), cfg, stream)
         return {}
     from domainbed_diffusion.diffusion import LatentDiffusion
-    model = LatentDiffusion.from_pretrained(args.model or "embedded", device=args.device, dtype=args.dtype)
+    device = args.device
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
+    model = LatentDiffusion.from_pretrained(args.model or "embedded", device=device, dtype=args.dtype)
     if args.compile or args.channels_last:
         model.optimize(channels_last=args.channels_last, compile=args.compile)
     made = {}

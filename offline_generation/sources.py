@@ -49,7 +49,7 @@ def dataset_root(data_dir, dataset, dataset_dir=None):
     return root
 
 
-def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=None):
+def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=None, max_per_class=None):
     """The dataset's envs, classes and image files (sorted, as DomainBed's ImageFolder orders them)."""
     root = dataset_root(data_dir, dataset, dataset_dir)
     env_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -70,7 +70,7 @@ def scan(data_dir, dataset, dataset_dir=None, envs=None, stream=None):
             if not files:
                 warnings.append(f"empty class folder skipped: {os.path.join(env_dir, cls)}")
                 continue
-            items = [SourceImage(env, cls, f"{env}/{cls}/{f}") for f in files]
+            items = [SourceImage(env, cls, f"{env}/{cls}/{f}") for f in files[:max_per_class]]
             by_env_class[(env, cls)] = items
             if not envs or env in envs:
                 images.extend(items)

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from domainbed_diffusion.synthetic import SyntheticDataError, SyntheticDomains, read_manifests

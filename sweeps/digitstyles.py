@@ -1,0 +1,170 @@
+"""The main job on the embedded default: DigitStyles from data to a results table, on a CPU.
+
+    python sweeps/digitstyles.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles]
+
+1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
+2. generates every method's synthetic domains with the embedded diffusion model (resumable);
+3. writes a preview grid of each method's synthetic images;
+4. runs a stock DomainBed sweep of ERM, MIRO, CDGA_PG, CDGA_IG, EDSAM, LatentPrior and DomainFusion over every
+   test env (resumable: finished runs are kept, interrupted ones redone);
+5. prints stock collect_results' tables and saves them, with a bar chart of test-env accuracy (training-domain
+   validation) per method per test env.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+ALGORITHMS = ["ERM", "MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+GET_DOMAINBED = """DomainBed is not importable, so the sweep cannot run (data and synthetic domains are ready).
+Get it once, then run this command again (it resumes):
+
+    git clone https://github.com/facebookresearch/DomainBed ~/DomainBed
+    pip install -e ".[domainbed]"          # DomainBed's own imports: wilds, timm
+    export PYTHONPATH=~/DomainBed:$PYTHONPATH
+"""
+
+# Full: three trials of the DigitStyles defaults; quick: one short trial.
+PROFILES = {
+    "full": dict(trials=3, steps=None, edsam_m=3),
+    "quick": dict(trials=1, steps=60, edsam_m=2),
+}
+
+
+def step(title):
+    print(f"\n== {title} ==", flush=True)
+
+
+def sweep_args(data_dir, sweep_dir, profile):
+    args = ["--datasets", "DigitStyles", "--algorithms", *ALGORITHMS, "--data_dir", data_dir,
+            "--output_dir", sweep_dir, "--command_launcher", "cpu_parallel", "--n_trials", str(profile["trials"]),
+            "--n_hparams", "1", "--single_test_envs", "--skip_confirmation",
+            "--hparams", json.dumps({"edsam_m": profile["edsam_m"]})]
+    if profile["steps"]:
+        args += ["--steps", str(profile["steps"])]
+    return args
+
+
+def test_accuracies(sweep_dir):
+    """{algorithm: {test env: (mean, sem, n)}} of test-env accuracy under training-domain validation."""
+    import numpy as np
+    from domainbed import model_selection
+    from domainbed.lib import reporting
+    records = reporting.load_records(sweep_dir)
+    groups = reporting.get_grouped_records(records)
+    out = {}
+    for group in groups:
+        acc = model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])
+        if acc is not None:
+            out.setdefault(group["algorithm"], {}).setdefault(group["test_env"], []).append(acc)
+    return {a: {e: (float(np.mean(v)), float(np.std(v) / np.sqrt(len(v))), len(v)) for e, v in envs.items()}
+            for a, envs in out.items()}
+
+
+def bar_chart(accuracies, env_names, path):
+    """Grouped bars: one group per test env, one bar per algorithm, with standard-error whiskers."""
+    from PIL import Image, ImageDraw
+    colors = [(110, 110, 110), (60, 120, 200), (230, 140, 40), (240, 190, 60), (80, 170, 90), (160, 90, 190),
+              (210, 70, 70)]
+    algorithms = [a for a in ALGORITHMS if a in accuracies]
+    groups = list(range(len(env_names))) + ["avg"]
+    bar, gap, left, top, height = 14, 24, 60, 40, 300
+    width = left + len(groups) * (len(algorithms) * bar + gap) + 160
+    image = Image.new("RGB", (width, top + height + 60), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), "DigitStyles: test-env accuracy (training-domain validation)", fill="black")
+    for tick in range(0, 101, 20):
+        y = top + height - tick * height / 100
+        draw.line([(left - 4, y), (width - 160, y)], fill=(225, 225, 225))
+        draw.text((left - 30, y - 6), f"{tick}%", fill="black")
+    for g, env in enumerate(groups):
+        x0 = left + g * (len(algorithms) * bar + gap) + gap // 2
+        label = "average" if env == "avg" else env_names[env]
+        draw.text((x0, top + height + 8), label, fill="black")
+        for k, algorithm in enumerate(algorithms):
+            per_env = accuracies[algorithm]
+            if env == "avg":
+                if len(per_env) < len(env_names):
+                    continue
+                mean, sem = sum(v[0] for v in per_env.values()) / len(per_env), 0.0
+            elif env in per_env:
+                mean, sem = per_env[env][0], per_env[env][1]
+            else:
+                continue
+            x = x0 + k * bar
+            y = top + height - mean * height
+            draw.rectangle([x, y, x + bar - 2, top + height], fill=colors[k % len(colors)])
+            if sem > 0:
+                draw.line([(x + bar // 2 - 1, y - sem * height), (x + bar // 2 - 1, y + sem * height)], fill="black")
+    for k, algorithm in enumerate(algorithms):
+        y = top + 10 + 16 * k
+        draw.rectangle([width - 150, y, width - 140, y + 10], fill=colors[k % len(colors)])
+        draw.text((width - 134, y - 1), algorithm, fill="black")
+    image.save(path)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
+    parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
+    parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
+    parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs (default: 2 or cores)")
+    args = parser.parse_args(argv)
+    profile = PROFILES["quick" if args.quick else "full"]
+    out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + ("-quick" if args.quick else "")))
+    data_dir = os.path.abspath(args.data_dir)
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p))
+    if args.lanes:
+        env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
+    start = time.time()
+
+    step("1/5 DigitStyles")
+    from domainbed_diffusion import digitstyles
+    digitstyles.prepare(data_dir, pool=False)
+
+    step("2/5 synthetic domains with the embedded model")
+    from offline_generation.cli import main as generate
+    code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
+                     "--num_samples", str(profile["edsam_m"]), "--batch_size", "64"])
+    if code:
+        return code
+
+    step("3/5 preview grids")
+    generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--out", os.path.join(out, "preview.png"),
+              "--rows", "3", "--variants", "6", "--size", "64"])
+
+    step("4/5 DomainBed sweep")
+    if importlib.util.find_spec("domainbed") is None:
+        print(GET_DOMAINBED, file=sys.stderr)
+        return 2
+    sweep_dir = os.path.join(out, "sweep")
+    common = sweep_args(data_dir, sweep_dir, profile)
+    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
+
+    step("5/5 results")
+    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
+                            env=env, check=True, capture_output=True, text=True)
+    print(result.stdout)
+    with open(os.path.join(out, "results.txt"), "w") as f:
+        f.write(result.stdout)
+    accuracies = test_accuracies(sweep_dir)
+    with open(os.path.join(out, "accuracies.json"), "w") as f:
+        json.dump(accuracies, f, indent=1)
+    chart = bar_chart(accuracies, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
+    print(f"wrote {os.path.join(out, 'results.txt')}, {chart} and {os.path.join(out, 'preview.png')}")
+    print(f"main job finished in {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

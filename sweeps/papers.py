@@ -1,0 +1,84 @@
+"""The papers' DomainBed protocol, ready to launch on GPUs: generation commands, then the sweep, then results.
+
+    python sweeps/papers.py --dataset PACS --data_dir /data --output_dir /runs [--launcher multi_gpu|slurm]
+                            [--gpus 8] [--n_hparams 1] [--print]
+
+For one of PACS, VLCS, OfficeHome, TerraIncognita, DomainNet it runs (or with --print only prints):
+
+1. each generation method once with Stable Diffusion v1-4 and the papers' settings, split over ``--gpus``
+   processes with torchrun (or as a SLURM job array with ``--launcher slurm``);
+2. a stock DomainBed sweep of ERM, MIRO and the five methods with a ResNet-50 over every test env, 3 trials,
+   the registry's paper defaults (``--n_hparams 1``) or DomainBed's random search (``--n_hparams 20``);
+3. stock collect_results.
+
+Backbone for every algorithm: torchvision's ImageNet ResNet-50 with frozen BatchNorm statistics (MIRO's recipe,
+``resnet50_augmix=false, freeze_bn=true``), so the rows differ only by algorithm. RegNetY-16GF (SWAG) rows of
+the papers need a featurizer DomainBed does not have, so they are not launched here.
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
+ALGORITHMS = ["ERM", "MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+MODEL = "CompVis/stable-diffusion-v1-4"
+# The papers' generation settings: CDGA with SD's img2img defaults, one image per (image, other env);
+# ED-SAM with 10 DDIM steps at 256 px, rho 0.5 and M = 10; latent-prior with the same schedule.
+GENERATION = {
+    "cdga-pg": ["--resolution", "256", "--steps", "50", "--strength", "0.75", "--guidance", "7.5"],
+    "cdga-ig": ["--resolution", "256", "--steps", "50", "--strength", "0.75", "--guidance", "7.5"],
+    "edsam": ["--resolution", "256", "--steps", "10", "--num_samples", "10", "--rho", "0.5"],
+    "latent-prior": ["--resolution", "256", "--steps", "10"],
+}
+BACKBONE = {"resnet50_augmix": False, "freeze_bn": True}
+
+
+def commands(args):
+    gen = []
+    for method, settings in GENERATION.items():
+        base = ["-m", "offline_generation", "--dataset", args.dataset, "--data_dir", args.data_dir, "--methods",
+                method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32", *settings]
+        if args.launcher == "slurm":
+            gen.append([sys.executable, *base, "--slurm", str(args.gpus), "--submit"])
+        elif args.gpus > 1:
+            gen.append([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.gpus), *base])
+        else:
+            gen.append([sys.executable, *base])
+    sweep_dir = os.path.join(args.output_dir, args.dataset)
+    sweep = [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--datasets", args.dataset,
+             "--algorithms", *ALGORITHMS, "--data_dir", args.data_dir, "--output_dir", sweep_dir,
+             "--command_launcher", args.launcher, "--n_trials", "3", "--n_hparams", str(args.n_hparams),
+             "--single_test_envs", "--skip_confirmation", "--hparams", json.dumps(BACKBONE)]
+    collect = [sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir]
+    return gen, sweep, collect
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--launcher", default="multi_gpu", choices=["multi_gpu", "slurm", "local"])
+    parser.add_argument("--gpus", type=int, default=8, help="generation processes (one per GPU)")
+    parser.add_argument("--n_hparams", type=int, default=1, help="1: the papers' defaults; 20: DomainBed's search")
+    parser.add_argument("--skip_generation", action="store_true", help="synthetic domains are already made")
+    parser.add_argument("--print", action="store_true", help="print the commands instead of running them")
+    args = parser.parse_args(argv)
+    gen, sweep, collect = commands(args)
+    stages = ([] if args.skip_generation else [gen]) + [[sweep], [collect]]
+    for stage in stages:
+        for command in stage:
+            print(" ".join(shlex.quote(c) for c in command), flush=True)
+            if not args.print:
+                subprocess.run(command, check=True)
+        if stage is gen and args.launcher == "slurm" and not args.print:
+            print("generation submitted as job arrays: once they finish, run this again with --skip_generation")
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The throughput benchmark's CPU smoke test (tiny configs): every workload runs and is reported."""
+from offline_generation.benchmark import main, per_image_flops
+from types import SimpleNamespace
+
+
+def test_benchmark_smoke_on_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    results = main(["--tiny", "--device", "cpu", "--images", "2", "--baseline_images", "1", "--batch_size", "2",
+                    "--edsam_m", "2", "--df_steps", "0", "--out", str(out)])
+    assert out.exists() and results["baseline"]["images_per_s"] > 0
+    assert set(results["workloads"]) == {"cdga-pg@320", "cdga-pg@256", "edsam@256", "latent-prior@256"}
+    for row in results["workloads"].values():
+        assert row["images_per_s"] > 0 and row["ratio_to_baseline"] > 0 and row["tflops"] > 0
+        assert row["unet_gflop"] > 0
+
+
+def test_flop_accounting():
+    flops = {"unet": 10.0, "encode": 3.0, "decode": 5.0}
+    cfg = SimpleNamespace(guidance=7.5, steps=50, strength=0.75, num_samples=10, mix_fraction=0.8)
+    assert per_image_flops("cdga-pg", cfg, flops) == 2 * 37 * 10 + 3 + 5
+    cfg.guidance, cfg.steps = 1.0, 10
+    assert per_image_flops("edsam", cfg, flops) == (10 * 10 + 3) / 10 + 10 * 10 + 5

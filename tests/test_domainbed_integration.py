@@ -1,0 +1,259 @@
+"""The plugin inside a real DomainBed checkout (``DOMAINBED_DIR``): registration in fresh processes, run context,
+DigitStyles, every algorithm in DomainBed's unit-test style and in the stock train script, sweep and
+collect_results. Skipped, with the reason printed, when DomainBed is absent."""
+import copy
+import glob
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
+
+pytestmark = needs_domainbed
+
+OURS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+SYNTHETIC = {"CDGA_PG": "cdga-pg", "CDGA_IG": "cdga-ig", "EDSAM": "edsam", "LatentPrior": "latent-prior"}
+INSTALLED = os.path.isfile(os.path.join(sysconfig.get_paths()["purelib"], "domainbed_diffusion.pth"))
+needs_install = pytest.mark.skipif(not INSTALLED, reason="the package is not installed (pip install -e .), so "
+                                   "fresh processes cannot register it")
+
+if HAVE_DOMAINBED:
+    from domainbed import algorithms, datasets, hparams_registry
+    from domainbed.lib import misc
+
+    from domainbed_diffusion import context
+
+
+def run(args, **env):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(**env), capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_registered_in_the_stock_modules():
+    for name in OURS:
+        assert name in algorithms.ALGORITHMS and algorithms.get_algorithm_class(name).__name__ == name
+    assert "DigitStyles" in datasets.DATASETS and datasets.num_environments("DigitStyles") == 4
+    from domainbed import command_launchers
+    assert {"cpu_parallel", "slurm", "local"} <= set(command_launchers.REGISTRY)
+
+
+def test_registering_twice_is_harmless():
+    import domainbed_diffusion
+    n = len(algorithms.ALGORITHMS)
+    before = hparams_registry.default_hparams("MIRO", "PACS")
+    domainbed_diffusion.register()
+    domainbed_diffusion.register()
+    assert len(algorithms.ALGORITHMS) == n and hparams_registry.default_hparams("MIRO", "PACS") == before
+
+
+@needs_install
+def test_fresh_processes_register_and_the_opt_out_works():
+    code = ("import json; from domainbed import algorithms, hparams_registry as h;"
+            "print(json.dumps(['MIRO' in algorithms.ALGORITHMS] + [h.default_hparams(a, d) for a in "
+            "['ERM', 'DANN', 'SagNet'] for d in ['PACS', 'RotatedMNIST', 'DomainNet']]))")
+    on = json.loads(run(["-c", code]).stdout)
+    off = json.loads(run(["-c", code], DOMAINBED_DIFFUSION_DISABLE="1").stdout)
+    assert on[0] is True and off[0] is False
+    assert on[1:] == off[1:]  # DomainBed's own algorithms and datasets keep their hparams
+
+
+def test_hparams_are_deterministic_and_random_search_varies():
+    for algorithm in OURS + ["ERM"]:
+        for dataset in datasets.DATASETS:
+            a = hparams_registry.random_hparams(algorithm, dataset, 0)
+            assert a == hparams_registry.random_hparams(algorithm, dataset, 0)
+    seeds = [hparams_registry.random_hparams("MIRO", "PACS", misc.seed_hash(s, 0))["ld"] for s in range(1, 30)]
+    assert set(seeds) <= {0.001, 0.01, 0.1, 1.0} and len(set(seeds)) > 1
+    assert hparams_registry.default_hparams("MIRO", "OfficeHome")["ld"] == 0.1
+    assert hparams_registry.default_hparams("MIRO", "PACS")["ld"] == 0.01
+    edsam = hparams_registry.default_hparams("EDSAM", "PACS")
+    assert edsam["edsam_rho"] == 0.5 and edsam["edsam_m"] == 10
+    df = hparams_registry.default_hparams("DomainFusion", "PACS")
+    assert (df["batch_size"], df["image_size"], df["n_candidates"]) == (16, 320, 2)
+    assert hparams_registry.default_hparams("DomainFusion", "DomainNet")["batch_size"] == 8
+    assert df["diffusion_model"] == "CompVis/stable-diffusion-v1-4"
+
+
+def test_run_context_is_captured_by_dataset_construction(digitstyles_dir):
+    hparams = hparams_registry.default_hparams("ERM", "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [2], hparams)
+    ctx = context.current()
+    assert ctx.dataset is dataset and ctx.dataset_name == "DigitStyles" and ctx.test_envs == [2]
+    assert ctx.env_names == ["blueprint", "ink", "neon", "sketch"] and ctx.data_dir == digitstyles_dir
+    assert len(ctx.class_names) == 10 and ctx.train_envs == [0, 1, 3]
+    out, training = misc.split_dataset(dataset[1], 66, 7)
+    assert ctx.splits[1][1] is training and len(training) == 264
+
+
+def test_algorithms_built_without_a_run_context_say_what_is_missing():
+    context.clear()
+    hparams = hparams_registry.default_hparams("CDGA_PG", "DigitStyles")
+    with pytest.raises(context.MissingRunContextError, match="needs the run context"):
+        algorithms.get_algorithm_class("CDGA_PG")((3, 28, 28), 10, 3, hparams)
+
+
+def test_digitstyles_refuses_splits_smaller_than_the_batch(digitstyles_dir):
+    hparams = dict(hparams_registry.default_hparams("ERM", "DigitStyles"), batch_size=400)
+    with pytest.raises(ValueError, match="InfiniteDataLoader would spin forever"):
+        datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    hparams["batch_size"] = 300
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    with pytest.raises(ValueError, match="'ink' has 264 training images after the validation split"):
+        misc.split_dataset(dataset[1], 66, 0)
+
+
+def test_digitstyles_missing_folder_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m domainbed_diffusion.digitstyles"):
+        datasets.get_dataset_class("DigitStyles")(str(tmp_path), [0], {"batch_size": 8})
+
+
+def _minibatches(dataset, n, envs=None):
+    envs = range(len(dataset)) if envs is None else envs
+    return [(torch.stack([dataset[e][i][0] for i in range(n)]),
+             torch.stack([torch.as_tensor(dataset[e][i][1]) for i in range(n)])) for e in envs]
+
+
+def test_miro_oracle_never_changes_and_regularises_mnist_cnn_groupnorms(digitstyles_dir):
+    hparams = hparams_registry.default_hparams("MIRO", "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    miro = algorithms.get_algorithm_class("MIRO")(dataset.input_shape, 10, 3, hparams)
+    assert [tuple(v.b.shape) for v in miro.variance_encoders] == [(1, 64, 1, 1)] + [(1, 128, 1, 1)] * 3
+    assert miro.optimizer.param_groups[1]["lr"] == pytest.approx(hparams["lr"] * 10)
+    oracle = copy.deepcopy(miro.oracle.state_dict())
+    featurizer = copy.deepcopy(miro.featurizer.state_dict())
+    miro.train()
+    assert not miro.oracle.training
+    for _ in range(3):
+        out = miro.update(_minibatches(dataset, 8, [1, 2, 3]))
+    assert out["miro"] > 0
+    assert all(torch.equal(oracle[k], v) for k, v in miro.oracle.state_dict().items())
+    assert any(not torch.equal(featurizer[k], v) for k, v in miro.featurizer.state_dict().items())
+    assert all(p.grad is None for p in miro.oracle.parameters())
+
+
+@pytest.mark.parametrize("dataset_name", ["Debug28", "Debug224"])
+@pytest.mark.parametrize("algorithm_name", OURS)
+def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name):
+    """DomainBed's own unit test, on the CPU: Debug datasets have no files, so synthetic sets are made in memory."""
+    hparams = hparams_registry.default_hparams(algorithm_name, dataset_name)
+    if algorithm_name == "EDSAM":
+        hparams["edsam_m"] = 2
+    if algorithm_name == "DomainFusion":
+        hparams.update(refresh_every=1, img2img_steps=4)
+    dataset = datasets.get_dataset_class(dataset_name)("", [], hparams)
+    minibatches = _minibatches(dataset, 8)
+    algorithm = algorithms.get_algorithm_class(algorithm_name)(dataset.input_shape, dataset.num_classes,
+                                                               len(dataset), hparams)
+    for _ in range(2):
+        assert algorithm.update(minibatches)["loss"] > 0
+    algorithm.eval()
+    assert list(algorithm.predict(minibatches[0][0]).shape) == [8, dataset.num_classes]
+
+
+@pytest.fixture(scope="module")
+def synthetic_digitstyles(digitstyles_dir):
+    """Every method's synthetic DigitStyles, made with the embedded model from 4 images per (env, class)."""
+    from offline_generation.cli import main
+    assert main(["--dataset", "DigitStyles", "--data_dir", digitstyles_dir, "--methods", "all", "--max_per_class",
+                 "4", "--num_samples", "2", "--batch_size", "64"]) == 0
+    return digitstyles_dir
+
+
+def test_synthetic_algorithms_never_read_a_test_env_or_validation_image(synthetic_digitstyles):
+    data_dir = synthetic_digitstyles
+    for name, method in SYNTHETIC.items():
+        hparams = hparams_registry.default_hparams(name, "DigitStyles")
+        dataset = datasets.get_dataset_class("DigitStyles")(data_dir, [1], hparams)
+        splits = [misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i)) for i, env in enumerate(dataset)]
+        algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+        training = {i: {os.path.relpath(dataset[i].samples[k][0], dataset.dir) for k in splits[i][1].keys}
+                    for i in range(4)}
+        seen = 0
+        for env_index, synthetic_set in zip([0, 2, 3], algorithm.synthetic.datasets):
+            for path, label, record in synthetic_set.items:
+                assert "ink" not in (record["source_env"], record.get("guide_env")), record["file"]
+                assert record["source_env"] == dataset.ENVIRONMENTS[env_index]
+                if record.get("source"):
+                    assert record["source"] in training[env_index]
+                if record.get("guide"):
+                    assert record["guide"] in training[dataset.ENVIRONMENTS.index(record["guide_env"])]
+                seen += 1
+        assert seen > 0
+        algorithm.update(_minibatches(dataset, 8, [0, 2, 3]))
+
+
+def test_missing_synthetic_data_gives_the_generator_command(digitstyles_dir, tmp_path):
+    hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), synthetic_root=str(tmp_path))
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    with pytest.raises(RuntimeError, match="python -m offline_generation --dataset DigitStyles --data_dir .* "
+                                           "--methods edsam"):
+        algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
+
+
+def test_edsam_rho_must_match_a_generated_rho(synthetic_digitstyles):
+    hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), edsam_rho=0.25)
+    dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
+    with pytest.raises(RuntimeError, match="no usable edsam image"):
+        algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
+
+
+def test_domainfusion_keeps_a_one_to_one_set_that_refreshes_and_leaves_diffusion_alone(digitstyles_dir):
+    hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1)
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    splits = [misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i)) for i, env in enumerate(dataset)]
+    algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+    assert len(algorithm.pool) == sum(len(splits[i][1]) for i in (1, 2, 3))  # 1:1 with the training images
+    out = algorithm.update(_minibatches(dataset, 8, [1, 2, 3]))
+    assert out["refreshed"] == 24 and out["loss_gsd"] != 0
+    changed = list(algorithm.pool.refreshed)
+    assert len(changed) > 0 and len(algorithm.pool) == sum(len(splits[i][1]) for i in (1, 2, 3))
+    index = changed[0]
+    assert not torch.equal(algorithm.pool.refreshed[index], algorithm.pool._original(index))
+    unet = copy.deepcopy(algorithm._diffusion.unet.state_dict())
+    algorithm.update(_minibatches(dataset, 8, [1, 2, 3]))
+    assert all(torch.equal(unet[k], v) for k, v in algorithm._diffusion.unet.state_dict().items())
+    assert not any("unet" in k or "vae" in k for k in algorithm.state_dict())
+
+
+def test_domainfusion_ablations_are_hparams(digitstyles_dir):
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0],
+                                                        hparams_registry.default_hparams("ERM", "DigitStyles"))
+    for change in ({"lambda_gsd": 0.0}, {"lambda_gen": 0.0}, {"n_candidates": 1}, {"sampling_strategy": False}):
+        hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1, **change)
+        algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+        out = algorithm.update(_minibatches(dataset, 4, [1, 2, 3]))
+        assert ("loss_gsd" in out) == (hparams["lambda_gsd"] > 0)
+        assert ("loss_gen" in out) == (hparams["lambda_gen"] > 0)
+
+
+@needs_install
+def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path):
+    for name in ["ERM"] + OURS:
+        out = str(tmp_path / name)
+        result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name,
+                      "--data_dir", synthetic_digitstyles, "--output_dir", out, "--test_envs", "0", "--steps", "3",
+                      "--checkpoint_freq", "2", "--hparams", json.dumps({"edsam_m": 2})])
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+        with open(os.path.join(out, "results.jsonl")) as f:
+            last = json.loads(f.readlines()[-1])
+        assert last["step"] == 2 and "env1_in_acc" in last and os.path.exists(os.path.join(out, "done"))
+
+
+@needs_install
+def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path):
+    sweep_dir = str(tmp_path / "sweep")
+    result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "DigitStyles", "--algorithms", "ERM",
+                  "MIRO", "--data_dir", digitstyles_dir, "--output_dir", sweep_dir, "--command_launcher", "local",
+                  "--n_trials", "1", "--n_hparams", "1", "--steps", "3", "--single_test_envs",
+                  "--skip_confirmation"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(glob.glob(os.path.join(sweep_dir, "*", "done"))) == 8  # 2 algorithms x 4 test envs
+    result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Dataset: DigitStyles" in result.stdout and "MIRO" in result.stdout
+    assert "blueprint" in result.stdout and "sketch" in result.stdout
