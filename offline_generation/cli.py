@@ -13,7 +13,7 @@ import sys
 
 from domainbed_diffusion.methods import METHODS
 
-SUBCOMMANDS = ("generate", "preview", "prepare", "train-embedded", "benchmark")
+SUBCOMMANDS = ("generate", "preview", "samples", "prepare", "train-embedded", "benchmark")
 
 
 def _generation_arguments(parser):
@@ -135,6 +135,23 @@ def preview_main(argv):
     return preview(args)
 
 
+def samples_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation samples",
+                                     description="A grid PNG of text-to-image samples: one row per prompt.")
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompts", nargs="+", required=True)
+    parser.add_argument("--n", type=int, default=8, help="samples per prompt")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="pixels per tile")
+    parser.add_argument("--out", required=True)
+    from .preview import samples_grid
+    return samples_grid(parser.parse_args(argv))
+
+
 def prepare_main(argv):
     from domainbed_diffusion.digitstyles import main
     return main(argv)
@@ -161,7 +178,7 @@ def benchmark_main(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
-    handler = {"generate": generate_main, "preview": preview_main, "prepare": prepare_main,
+    handler = {"generate": generate_main, "preview": preview_main, "samples": samples_main, "prepare": prepare_main,
                "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     try:
         handler(argv)

@@ -67,3 +67,38 @@ def preview(args, stream=None):
     grid.save(args.out)
     print(f"wrote {args.out}", file=stream)
     return args.out
+
+
+def text_to_image(model, prompts, seeds, steps=20, guidance=3.0):
+    """Images (B, 3, R, R) in [0, 1] sampled from pure noise with DDIM, one seed per image."""
+    import torch
+
+    from domainbed_diffusion.diffusion import generators_from_seeds, per_image_noise
+    size = model.unet.config.sample_size
+    shape = (model.unet.config.in_channels, size, size)
+    noise = per_image_noise(generators_from_seeds(seeds), shape, model.device, model.dtype)
+    with torch.no_grad():
+        latents = model.denoise(noise * model.scheduler.init_noise_sigma, prompts, steps, steps, guidance)
+    return model.decode_latents(latents)
+
+
+def samples_grid(args):
+    """A grid PNG: one row per prompt, ``args.n`` samples each, for any checkpoint."""
+    from domainbed_diffusion.diffusion import LatentDiffusion
+    model = LatentDiffusion.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    tile, pad = args.size, 4
+    grid = Image.new("RGB", (LABEL_WIDTH * 2 + args.n * (tile + pad), len(args.prompts) * (tile + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, prompt in enumerate(args.prompts):
+        images = text_to_image(model, [prompt] * args.n, [args.seed * 1000 + k for k in range(args.n)],
+                               args.steps, args.guidance)
+        y = row * (tile + pad)
+        draw.text((4, y + tile // 2 - 6), prompt[:48], fill="black")
+        for k, image in enumerate(images):
+            pixels = (image.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
+            grid.paste(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST),
+                       (LABEL_WIDTH * 2 + k * (tile + pad), y))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    grid.save(args.out)
+    print(f"wrote {args.out}")
+    return args.out
