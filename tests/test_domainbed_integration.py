@@ -136,11 +136,20 @@ def test_miro_oracle_never_changes_and_regularises_mnist_cnn_groupnorms(digitsty
     assert all(p.grad is None for p in miro.oracle.parameters())
 
 
+@pytest.fixture
+def resnet_without_download(monkeypatch):
+    """DomainBed's ResNet without ImageNet weights (nothing can be downloaded here; the architecture matters)."""
+    import torchvision
+    resnet50 = torchvision.models.resnet50
+    monkeypatch.setattr(torchvision.models, "resnet50", lambda *a, **k: resnet50(weights=None))
+
+
 @pytest.mark.parametrize("dataset_name", ["Debug28", "Debug224"])
 @pytest.mark.parametrize("algorithm_name", OURS)
-def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name):
+def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name, resnet_without_download):
     """DomainBed's own unit test, on the CPU: Debug datasets have no files, so synthetic sets are made in memory."""
     hparams = hparams_registry.default_hparams(algorithm_name, dataset_name)
+    hparams["resnet50_augmix"] = False
     if algorithm_name == "EDSAM":
         hparams["edsam_m"] = 2
     if algorithm_name == "DomainFusion":
@@ -153,6 +162,8 @@ def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name):
         assert algorithm.update(minibatches)["loss"] > 0
     algorithm.eval()
     assert list(algorithm.predict(minibatches[0][0]).shape) == [8, dataset.num_classes]
+    if algorithm_name == "MIRO" and dataset_name == "Debug224":  # stem + layer1..4 of the ResNet
+        assert [v.b.shape[1] for v in algorithm.variance_encoders] == [64, 256, 512, 1024, 2048]
 
 
 @pytest.fixture(scope="module")
