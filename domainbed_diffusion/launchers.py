@@ -18,8 +18,14 @@ def _lanes():
     return max(1, int(os.environ.get("DOMAINBED_DIFFUSION_LANES", min(2, os.cpu_count() or 1))))
 
 
-def cpu_parallel_launcher(commands, lanes=None, stream=sys.stdout):
+def _this_python(command):
+    """DomainBed's jobs start with a bare ``python``: run them with this interpreter (same machine)."""
+    return shlex.quote(sys.executable) + command[len("python"):] if command.startswith("python ") else command
+
+
+def cpu_parallel_launcher(commands, lanes=None, stream=None):
     """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each."""
+    commands = [_this_python(c) for c in commands]
     lanes = lanes or _lanes()
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)

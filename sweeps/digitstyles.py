@@ -121,7 +121,8 @@ def main(argv=None):
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + ("-quick" if args.quick else "")))
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p),
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if args.lanes:
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
     start = time.time()

@@ -33,6 +33,8 @@ def subprocess_env(**extra):
     env = dict(os.environ)
     paths = [p for p in [DOMAINBED_DIR, REPO, env.get("PYTHONPATH")] if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    # DomainBed's sweep runs jobs with a bare `python`: it must be this interpreter
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
