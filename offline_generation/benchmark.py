@@ -248,6 +248,8 @@ def main(argv=None):
             resolution = 32 if args.tiny else int(resolution)
             cfg = method_cfg(method, resolution, args)
             n_sources = max(1, args.images // (cfg.num_samples if method == "edsam" else 1))
+            if method == "latent-prior":
+                n_sources = max(3, n_sources)  # its prior and geometry need three references per class
             root = _dataset(os.path.join(work, f"data-{method}-{resolution}"), resolution, n_sources)
             rate, memory = ours(model, method, cfg, root, device)
             flops = count_flops(model, resolution)
@@ -256,7 +258,7 @@ def main(argv=None):
                    "fraction_of_bf16_peak": tflops / peak if peak else None, "peak_memory_gib": memory,
                    "unet_gflop": flops["unet"] / 1e9, "resolution": resolution, "steps": cfg.steps}
             results["workloads"][spec] = row
-            print(f"{spec}: {rate:.2f} images/s ({rate / base:.1f}x baseline), {tflops:.1f} TFLOP/s"
+            print(f"{spec}: {rate:.2f} images/s ({rate / base:.1f}x baseline), {tflops:.3g} TFLOP/s"
                   + (f" = {tflops / peak:.0%} of bf16 peak" if peak else "")
                   + (f", peak memory {memory:.1f} GiB" if memory else ""), flush=True)
         if args.df_steps:
