@@ -42,7 +42,7 @@ def extend(hparams, algorithm, dataset, random_seed):
 
     # Dataset-wide definitions for our datasets (every algorithm, DomainBed's included).
     if dataset == DIGITSTYLES:
-        _redefine("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
+        _redefine("lr", 3e-4, lambda r: 10 ** r.uniform(-4.5, -2.5))
         _redefine("weight_decay", 0.0, lambda r: 0.0)
         _redefine("batch_size", 8, lambda r: int(2 ** r.uniform(3, 4.5)))
 
@@ -82,7 +82,8 @@ def extend(hparams, algorithm, dataset, random_seed):
         _hparam("lambda_raw", 1.0, lambda r: 1.0)
         _hparam("lambda_gen", 1.0, lambda r: float(10 ** r.uniform(-1, 0.3)))
         _hparam("lambda_gsd", 1e-3, lambda r: float(10 ** r.uniform(-4, -2)))
-        _hparam("gsd_every", 1, lambda r: 1)
+        # On a CPU the UNet's jvp and the img2img refresh dominate the step: both run less often there.
+        _hparam("gsd_every", 2 if cpu else 1, lambda r: 2 if cpu else 1)
         _hparam("gsd_t_min", 0.02, lambda r: 0.02)
         _hparam("gsd_t_max", 0.98, lambda r: 0.98)
         _hparam("gsd_weighting", "sds", lambda r: "sds")
@@ -90,7 +91,7 @@ def extend(hparams, algorithm, dataset, random_seed):
         _hparam("n_candidates", 2, lambda r: int(r.choice([1, 2, 5])))
         _hparam("sampling_strategy", True, lambda r: True)
         _hparam("content_lambda", 0.5, lambda r: float(r.uniform(0.0, 1.0)))
-        _hparam("refresh_every", 5 if cpu else 10, lambda r: int(r.choice([1, 5, 10, 20])))
+        _hparam("refresh_every", 20 if cpu else 10, lambda r: int(r.choice([1, 5, 10, 20])))
         _hparam("img2img_steps", 10 if cpu else 50, lambda r: 10 if cpu else 50)
         _hparam("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
         _hparam("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)

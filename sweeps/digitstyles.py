@@ -30,10 +30,11 @@ Get it once, then run this command again (it resumes):
     export PYTHONPATH=~/DomainBed:$PYTHONPATH
 """
 
-# Full: three trials of the DigitStyles defaults; quick: one short trial.
+# Full: three trials of the DigitStyles defaults on every image; quick: one shorter trial on synthetic domains
+# made from the first 10 images per (env, class), kept in their own folder so the full job never mixes them in.
 PROFILES = {
-    "full": dict(trials=3, steps=None, edsam_m=3),
-    "quick": dict(trials=1, steps=60, edsam_m=2),
+    "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
+    "quick": dict(trials=1, steps=100, edsam_m=2, max_per_class=10, synthetic="synthetic-quick"),
 }
 
 
@@ -42,10 +43,11 @@ def step(title):
 
 
 def sweep_args(data_dir, sweep_dir, profile):
+    hparams = {"edsam_m": profile["edsam_m"], "synthetic_root": os.path.join(data_dir, profile["synthetic"])}
     args = ["--datasets", "DigitStyles", "--algorithms", *ALGORITHMS, "--data_dir", data_dir,
             "--output_dir", sweep_dir, "--command_launcher", "cpu_parallel", "--n_trials", str(profile["trials"]),
             "--n_hparams", "1", "--single_test_envs", "--skip_confirmation",
-            "--hparams", json.dumps({"edsam_m": profile["edsam_m"]})]
+            "--hparams", json.dumps(hparams)]
     if profile["steps"]:
         args += ["--steps", str(profile["steps"])]
     return args
@@ -133,13 +135,16 @@ def main(argv=None):
 
     step("2/5 synthetic domains with the embedded model")
     from offline_generation.cli import main as generate
+    synthetic_root = os.path.join(data_dir, profile["synthetic"])
     code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
-                     "--num_samples", str(profile["edsam_m"]), "--batch_size", "64"])
+                     "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64"]
+                    + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     if code:
         return code
 
     step("3/5 preview grids")
-    generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--out", os.path.join(out, "preview.png"),
+    generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir", synthetic_root,
+              "--out", os.path.join(out, "preview.png"),
               "--rows", "3", "--variants", "6", "--size", "64"])
 
     step("4/5 DomainBed sweep")

@@ -1,6 +1,6 @@
 """Per-step time of every algorithm relative to ERM, measured in one process on the same minibatches.
 
-    python sweeps/step_times.py [--data_dir data] [--steps 20] [--dataset DigitStyles]
+    python sweeps/step_times.py [--data_dir data] [--steps 20] [--dataset DigitStyles] [--algorithms ...]
 
 Needs DomainBed importable and, for the synthetic-data algorithms, their synthetic domains (the main job makes
 them). Each algorithm is built as DomainBed's train script builds it (dataset, split, default hparams), warmed up
@@ -26,6 +26,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--test_env", type=int, default=0)
     parser.add_argument("--hparams", default="{}", help="JSON overrides for every algorithm")
+    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, help="ERM is always timed first")
     args = parser.parse_args(argv)
     import domainbed_diffusion
     domainbed_diffusion.register()
@@ -33,7 +34,7 @@ def main(argv=None):
     from domainbed.lib import misc
     torch.manual_seed(0)
     results = {}
-    for name in ALGORITHMS:
+    for name in ["ERM"] + [a for a in args.algorithms if a != "ERM"]:
         hparams = hparams_registry.default_hparams(name, args.dataset)
         hparams.update(json.loads(args.hparams))
         dataset = datasets.get_dataset_class(args.dataset)(args.data_dir, [args.test_env], hparams)
