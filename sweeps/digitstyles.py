@@ -1,6 +1,6 @@
 """The main job on the embedded default: DigitStyles from data to a results table, on a CPU.
 
-    python sweeps/digitstyles.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles]
+    python sweeps/digitstyles.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles] [--trials N] [--steps N]
 
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
 2. generates every method's synthetic domains with the embedded diffusion model (resumable);
@@ -118,8 +118,11 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
     parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs (default: 2 or cores)")
+    parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
+    parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' 201, quick 100")
     args = parser.parse_args(argv)
-    profile = PROFILES["quick" if args.quick else "full"]
+    profile = dict(PROFILES["quick" if args.quick else "full"])
+    profile.update({k: v for k, v in (("trials", args.trials), ("steps", args.steps)) if v})
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + ("-quick" if args.quick else "")))
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(out, exist_ok=True)
