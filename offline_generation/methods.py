@@ -89,6 +89,13 @@ class Method:
             return None, ok
         return torch.from_numpy(np.stack(arrays)), ok
 
+    def encode_sources(self, model, units, folder, report):
+        """The units whose source image could be read, and those images' VAE latents (one per unit)."""
+        pixels, ok = self.load(folder, [u.key for u in units], report)
+        if pixels is None:
+            return [], None
+        return [units[i] for i in ok], model.encode_images(pixels.to(model.device))
+
 
 def to_uint8(images):
     return (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
@@ -100,30 +107,35 @@ class CDGAPromptGuided(Method):
 
     def plan(self, folder, envs):
         descriptions = cdga.load_descriptions(folder.name, envs, self.cfg.domain_descriptions)
+        return self.pair_units(folder, envs, lambda image, guide_env, k: dict(
+            prompt=cdga.pg_prompt(image.class_name, descriptions[guide_env], self.cfg.prompt_template)))
+
+    def pair_units(self, folder, envs, guidance):
+        """One unit per source image of ``envs`` with an item per (other env, k); ``guidance`` gives an item's
+        prompt/guide fields, or None where there is nothing to guide it with."""
         units = []
         for image in folder.images:
             if image.env not in envs:
                 continue
             items = []
             for guide_env in envs:
-                if guide_env == image.env:
-                    continue
-                for k in range(self.cfg.images_per_pair):
-                    items.append(Item(
-                        file=_file(self.name, image.env, guide_env, image.class_name, f"{_stem(image.rel_path)}_{k}"),
-                        method=self.name, source_env=image.env, class_name=image.class_name, sample=k,
-                        seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path, guide_env=guide_env,
-                        prompt=cdga.pg_prompt(image.class_name, descriptions[guide_env], self.cfg.prompt_template),
-                        params=self.params()))
-            units.append(Unit(items, image.rel_path))
+                for k in range(self.cfg.images_per_pair if guide_env != image.env else 0):
+                    fields = guidance(image, guide_env, k)
+                    if fields is not None:
+                        items.append(Item(
+                            file=_file(self.name, image.env, guide_env, image.class_name,
+                                       f"{_stem(image.rel_path)}_{k}"),
+                            method=self.name, source_env=image.env, class_name=image.class_name, sample=k,
+                            seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path,
+                            guide_env=guide_env, params=self.params(), **fields))
+            if items:
+                units.append(Unit(items, image.rel_path))
         return units
 
     def run(self, model, units, folder, report):
-        pixels, ok = self.load(folder, [u.key for u in units], report)
-        if pixels is None:
+        units, latents = self.encode_sources(model, units, folder, report)  # once per source, then one row per item
+        if not units:
             return []
-        units = [units[i] for i in ok]
-        latents = model.encode_images(pixels.to(model.device))  # once per source, then one row per item
         items = [item for u in units for item in u.items]
         latents = latents.repeat_interleave(torch.tensor([u.size for u in units], device=latents.device), 0)
         items, images = self.make(model, latents, items, folder, report)
@@ -143,27 +155,12 @@ class CDGAImageGuided(CDGAPromptGuided):
         return dict(super().params(), guide_mix=self.cfg.guide_mix)
 
     def plan(self, folder, envs):
-        units = []
-        for image in folder.images:
-            if image.env not in envs:
-                continue
-            items = []
-            for guide_env in envs:
-                if guide_env == image.env:
-                    continue
-                pool = [g.rel_path for g in folder.by_env_class.get((guide_env, image.class_name), [])]
-                for k in range(self.cfg.images_per_pair):
-                    guide = cdga.choose_guide(pool, f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}")
-                    if guide is None:
-                        continue  # env j has no image of this class
-                    items.append(Item(
-                        file=_file(self.name, image.env, guide_env, image.class_name, f"{_stem(image.rel_path)}_{k}"),
-                        method=self.name, source_env=image.env, class_name=image.class_name, sample=k,
-                        seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path, guide_env=guide_env,
-                        guide=guide, prompt=cdga.class_prompt(image.class_name), params=self.params()))
-            if items:
-                units.append(Unit(items, image.rel_path))
-        return units
+        def guidance(image, guide_env, k):
+            pool = [g.rel_path for g in folder.by_env_class.get((guide_env, image.class_name), [])]
+            guide = cdga.choose_guide(pool, f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}")
+            # env j may have no image of this class: no item then
+            return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
+        return self.pair_units(folder, envs, guidance)
 
     def make(self, model, latents, items, folder, report):
         guides, ok = self.load(folder, [it.guide for it in items], report)
@@ -198,11 +195,9 @@ class EDSAM(Method):
         return units
 
     def run(self, model, units, folder, report):
-        pixels, ok = self.load(folder, [u.key for u in units], report)
-        if pixels is None:
+        units, latents = self.encode_sources(model, units, folder, report)
+        if not units:
             return []
-        units = [units[i] for i in ok]
-        latents = model.encode_images(pixels.to(model.device))
         images, alpha = edsam.generate(model, latents, [u.items[0].prompt for u in units],
                                        [[it.seed for it in u.items] for u in units], self.cfg.rho, self.cfg.steps,
                                        self.cfg.guidance)
