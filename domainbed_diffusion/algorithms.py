@@ -224,8 +224,9 @@ class DomainFusion(ERM):
         indices = [i for env, (x, _) in zip(self.train_envs, minibatches)
                    for i in self.pool.sample(env, len(x), self._generator)] if use_gen else []
         x = real_x
+        images = self.pool.images(indices)  # read once: the loss and a refresh both start from them
         if use_gen:
-            syn_x, syn_y = self.pool.inputs(indices)
+            syn_x, syn_y = self.pool.inputs(indices, images)
             x = torch.cat([real_x, syn_x.to(device)])
         logits = self.predict(x)
         loss_raw = F.cross_entropy(logits[:n], real_y)
@@ -245,7 +246,7 @@ class DomainFusion(ERM):
         if self.scheduler is not None:
             self.scheduler.step()
         if use_gen and self.step % hp["refresh_every"] == 0:
-            out["refreshed"] = domainfusion.refresh(self.pool, indices, self.diffusion(device), self.network,
+            out["refreshed"] = domainfusion.refresh(self.pool, indices, images, self.diffusion(device), self.network,
                                                     self.featurizer, self.classifier, self.prompts, hp,
                                                     self.base_seed)
         self.step += 1

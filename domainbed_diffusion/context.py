@@ -51,6 +51,11 @@ class RunContext:
             return self.splits[env_index][1]
         return self.dataset[env_index]
 
+    def training_keys(self, env_index):
+        """Indices into the env of the images this run trains on."""
+        split = self.training_split(env_index)
+        return list(getattr(split, "keys", range(len(self.dataset[env_index]))))
+
 
 _current: Optional[RunContext] = None
 

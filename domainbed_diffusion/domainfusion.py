@@ -24,8 +24,7 @@ class SyntheticPool:
         self.entries, self.ranges, labels = [], {}, []
         for env_index in ctx.train_envs:
             env = ctx.dataset[env_index]
-            split = ctx.training_split(env_index)
-            keys = list(getattr(split, "keys", range(len(env))))
+            keys = ctx.training_keys(env_index)
             start = len(self.entries)
             self.entries += [(env_index, k) for k in keys]
             self.ranges[env_index] = (start, len(self.entries))
@@ -55,9 +54,9 @@ class SyntheticPool:
             return self._original(index)
         return self.refreshed[index]
 
-    def pixels(self, indices):
-        """Current synthetic images as float (B, 3, size, size) in [0, 1]."""
-        return torch.stack([self.uint8(i) for i in indices]).float() / 255
+    def images(self, indices):
+        """Current synthetic images, uint8 (3, size, size) each: originals are read from disk here."""
+        return [self.uint8(i) for i in indices]
 
     def write(self, indices, pixels):
         data = (pixels.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
@@ -65,16 +64,17 @@ class SyntheticPool:
             self.refreshed[i] = image
             self.versions[i] = self.versions.get(i, 0) + 1
 
-    def inputs(self, indices):
-        """Network inputs of the current images, through each env's own transform (its augmentations)."""
+    def inputs(self, indices, images=None):
+        """Network inputs of the current images (``images(indices)`` unless given), through each env's own
+        transform (its augmentations)."""
         out = []
-        for i in indices:
+        for i, image in zip(indices, images if images is not None else self.images(indices)):
             env = self.ctx.dataset[self.entries[i][0]]
             transform = getattr(env, "transform", None)
             if hasattr(env, "samples") and transform is not None:
-                out.append(transform(TF.to_pil_image(self.uint8(i))))
+                out.append(transform(TF.to_pil_image(image)))
             else:
-                out.append(self.mapping.to_inputs(self.uint8(i)[None].float() / 255)[0])
+                out.append(self.mapping.to_inputs(image[None].float() / 255)[0])
         return torch.stack(out), self.labels[indices]
 
 
@@ -90,10 +90,10 @@ def evaluating(module):
 
 
 @torch.no_grad()
-def refresh(pool, indices, model, network, featurizer, classifier, prompts, hparams, base_seed):
-    """Replace the pool's images at ``indices`` by one of N img2img candidates of their current version."""
+def refresh(pool, indices, images, model, network, featurizer, classifier, prompts, hparams, base_seed):
+    """Replace the pool's images at ``indices`` (current versions ``images``) by one of N img2img candidates."""
     device = next(network.parameters()).device
-    current = pool.pixels(indices).to(model.device)
+    current = (torch.stack(images).float() / 255).to(model.device)
     labels = pool.labels[indices]
     n = int(hparams["n_candidates"])
     z0 = model.encode_images(current)

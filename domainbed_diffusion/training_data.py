@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from . import synthetic
-from .hparams_registry import EMBEDDED_MODEL, PAPERS_MODEL, seed_hash
+from .hparams_registry import CPU_DATASETS, EMBEDDED_MODEL, PAPERS_MODEL, seed_hash
 
 
 # -- pixels <-> network inputs ------------------------------------------------------------------------------
@@ -64,10 +64,8 @@ def training_sources(ctx):
     root = dataset_root_of(ctx)
     out = {}
     for i in ctx.train_envs:
-        split = ctx.training_split(i)
         env = ctx.dataset[i]
-        keys = getattr(split, "keys", range(len(env)))
-        out[i] = {os.path.relpath(env.samples[k][0], root).replace(os.sep, "/") for k in keys}
+        out[i] = {os.path.relpath(env.samples[k][0], root).replace(os.sep, "/") for k in ctx.training_keys(i)}
     return out
 
 
@@ -106,7 +104,7 @@ class SyntheticStream:
 
 def generator_command(ctx, method, hparams):
     """The generator command line that makes what a run of ``method`` needs."""
-    model = EMBEDDED_MODEL if ctx.dataset_name == "DigitStyles" else PAPERS_MODEL
+    model = EMBEDDED_MODEL if ctx.dataset_name in CPU_DATASETS else PAPERS_MODEL
     parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
              "--methods", method, "--model", model]
     if hparams.get("synthetic_root"):
@@ -151,11 +149,11 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     if ctx.input_shape[0] != 3:
         raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
     mapping = PixelMapping(None, ctx.input_shape)
+    tensors = {i: (torch.stack([x for x, _ in ctx.dataset[i]]).float(),
+                   torch.stack([torch.as_tensor(y) for _, y in ctx.dataset[i]]).long()) for i in ctx.train_envs}
     data = {}
     for i in ctx.train_envs:
-        env = ctx.dataset[i]
-        x = torch.stack([env[k][0] for k in range(len(env))]).float()
-        y = torch.stack([torch.as_tensor(env[k][1]) for k in range(len(env))]).long()
+        x, y = tensors[i]
         latents = model.encode_images(mapping.to_pixels(x, (size, size)))
         prompts = [cdga.class_prompt(ctx.class_names[int(c)]) for c in y]
 
@@ -172,9 +170,7 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
                     out = cdga.prompt_guided(model, latents, pg, seeds(j), settings["strength"], settings["steps"],
                                              settings["guidance"])
                 else:
-                    guide_env = ctx.dataset[j]
-                    gy = torch.stack([torch.as_tensor(guide_env[k][1]) for k in range(len(guide_env))])
-                    gx = torch.stack([guide_env[k][0] for k in range(len(guide_env))]).float()
+                    gx, gy = tensors[j]
                     pick = [int(torch.nonzero(gy == c)[0]) if (gy == c).any() else 0 for c in y]
                     guides = model.encode_images(mapping.to_pixels(gx[pick], (size, size)))
                     out = cdga.image_guided(model, latents, guides, prompts, seeds(j), settings["strength"],
