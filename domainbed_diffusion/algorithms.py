@@ -7,6 +7,7 @@ import copy
 import math
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class SyntheticERM(ERM):
         if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
             items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
                                                   self.allow_test_guides(hparams))
-            datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i))
+            datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i), self.METHOD)
                         for i in ctx.train_envs]
         else:  # DomainBed's Debug datasets: tensors, no files to generate from offline
             made = training_data.in_memory_synthetic(ctx, self.METHOD, hparams, base_seed)
@@ -96,7 +97,7 @@ class SyntheticERM(ERM):
         self._generator = torch.Generator().manual_seed(base_seed)
 
     def select_records(self, hparams):
-        """A filter on manifest records (method parameters), or None."""
+        """A filter on the index's columns (method parameters): ``index -> boolean mask``, or None."""
         return None
 
     def allow_test_guides(self, hparams):
@@ -138,7 +139,7 @@ class CDGA_PG(SyntheticERM):
     METHOD = "cdga-pg"
 
     def select_records(self, hparams):
-        return lambda r: r["sample"] < hparams["cdga_images_per_pair"]
+        return lambda index: index.sample < hparams["cdga_images_per_pair"]
 
     def allow_test_guides(self, hparams):
         if hparams["cdga_star_uses_test_domain"]:
@@ -160,7 +161,9 @@ class EDSAM(SyntheticERM):
 
     def select_records(self, hparams):
         rho, m = hparams["edsam_rho"], hparams["edsam_m"]
-        return lambda r: abs(r["params"].get("rho", rho) - rho) < 1e-9 and r["sample"] < m
+        # a record without rho (none has one) is taken as made at the requested rho
+        return lambda index: (np.isnan(index.param("rho")) | (np.abs(index.param("rho") - rho) < 1e-9)) & \
+            (index.sample < m)
 
 
 class LatentPrior(SyntheticERM):

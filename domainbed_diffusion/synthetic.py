@@ -16,7 +16,10 @@ import json
 import os
 import re
 
+import numpy as np
 from PIL import Image
+
+from .synthetic_index import open_index
 
 MANIFEST_GLOB = "manifest.*.jsonl"
 DEFAULT_SUBDIR = "synthetic"
@@ -52,12 +55,36 @@ def save_png(image, path):
     os.replace(tmp, path)
 
 
+def _drop_cut_line(path):
+    """A manifest whose last line was cut by a crash is truncated after its last complete line, so that
+    appending never glues a new record to the cut one (the cut record's image is redone on resume)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        size = f.seek(0, os.SEEK_END)
+        position = size
+        while position > 0:
+            step = min(65536, position)
+            f.seek(position - step)
+            chunk = f.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                f.truncate(position - step + newline + 1)
+                return
+            position -= step
+        f.truncate(0)
+
+
 class ManifestWriter:
     """Appends records to one manifest file; each ``write`` is flushed to disk before returning."""
 
     def __init__(self, path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
+        _drop_cut_line(path)
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, records):
@@ -131,41 +158,94 @@ class SyntheticDomains:
                     f"(first: {missing[0]}). Re-run the generator with the same arguments: it regenerates them.")
         return records
 
+    def index(self, method, build_if_missing=True):
+        """The method's columnar index (``synthetic_index``), built first if missing or stale."""
+        if not os.path.isdir(self.dataset_root):
+            raise SyntheticDataError(f"no synthetic domains for {self.dataset}: {self.dataset_root} does not exist")
+        if not self.exists(method):
+            self.records(method, check_files=False)  # raises the right "no manifest" error
+        return open_index(self.dataset_root, method, build_if_missing, error=SyntheticDataError)
+
     def select(self, method, env_names, class_names, test_envs, training_sources=None, allow_test_guides=False,
                where=None):
-        """Records usable by a run: ``{training env index: [(path, class index, record), ...]}``.
+        """Records usable by a run: ``{training env index: Selection}``, read through the method's index.
 
         A record is dropped when its source env or guide env is a test env (guides allowed only with
         ``allow_test_guides``, CDGA's starred variant), or, given ``training_sources`` (env index -> set of
         image paths relative to the dataset root that the run trains on), when its source or guide image is
-        not one of them. ``where`` filters records further (method parameters).
+        not one of them. ``where(index)`` returns a boolean mask over the index's rows (method parameters).
         """
-        env_index = {name: i for i, name in enumerate(env_names)}
-        class_index = {name: i for i, name in enumerate(class_names)}
-        selected = {i: [] for i in range(len(env_names)) if i not in test_envs}
-        for record in self.records(method):
-            for key in ("source_env", "guide_env"):
-                if record.get(key) is not None and record[key] not in env_index:
-                    raise SyntheticDataError(f"{self.dataset_root}: record {record['file']} names env "
-                                             f"{record[key]!r}, not one of {env_names}: wrong dataset or data_dir?")
-            if record["class_name"] not in class_index:
-                raise SyntheticDataError(f"{self.dataset_root}: record {record['file']} has class "
-                                         f"{record['class_name']!r}, not one of the dataset's classes")
-            source = env_index[record["source_env"]]
-            guide = env_index.get(record.get("guide_env"))
-            if source in test_envs or (guide in test_envs and not allow_test_guides):
-                continue
-            if training_sources is not None:
-                if record.get("source") is not None and record["source"] not in training_sources.get(source, ()):
-                    continue
-                if guide is not None and record.get("guide") is not None and guide not in test_envs \
-                        and record["guide"] not in training_sources.get(guide, ()):
-                    continue
-            if where is not None and not where(record):
-                continue
-            path = os.path.join(self.dataset_root, record["file"])
-            selected[source].append((path, class_index[record["class_name"]], record))
-        return selected
+        index = self.index(method)
+        env_of = _vocabulary_map(index.envs, env_names, "env", self.dataset_root, index,
+                                 lambda codes: np.isin(index.source_env, codes) | np.isin(index.guide_env, codes),
+                                 "wrong dataset or data_dir?")
+        class_of = _vocabulary_map(index.classes, class_names, "class", self.dataset_root, index,
+                                   lambda codes: np.isin(index.class_, codes), "not one of the dataset's classes")
+        source_env = env_of[index.source_env]
+        guide_env = np.where(index.guide_env >= 0, env_of[np.maximum(index.guide_env, 0)], -1)
+        tests = np.asarray(sorted(test_envs), dtype=np.int64)
+        keep = ~np.isin(source_env, tests)
+        guided_by_test = np.isin(guide_env, tests)
+        if not allow_test_guides:
+            keep &= ~guided_by_test
+        if training_sources is not None:
+            trained_env = np.full(len(index.paths), -1, dtype=np.int64)  # image path code -> env it trains in
+            for env, paths in training_sources.items():
+                codes = index.path_codes(sorted(paths))
+                trained_env[codes[codes >= 0]] = env
+            has_source = index.source >= 0
+            keep &= ~has_source | (trained_env[np.maximum(index.source, 0)] == source_env)
+            checked_guide = (index.guide >= 0) & (guide_env >= 0) & ~guided_by_test
+            keep &= ~checked_guide | (trained_env[np.maximum(index.guide, 0)] == guide_env)
+        if where is not None:
+            keep &= np.asarray(where(index), dtype=bool)
+        labels = class_of[index.class_]
+        return {i: Selection(self.dataset_root, index, np.flatnonzero(keep & (source_env == i)),
+                             labels[keep & (source_env == i)])
+                for i in range(len(env_names)) if i not in test_envs}
+
+
+def _vocabulary_map(vocabulary, names, what, dataset_root, index, rows_with, hint):
+    """Codes of the index's vocabulary -> positions in the run's ``names``; an unknown name is an error that
+    names a record holding it."""
+    position = {name: i for i, name in enumerate(names)}
+    unknown = [code for code, name in enumerate(vocabulary) if name not in position]
+    if unknown:
+        row = int(np.flatnonzero(rows_with(np.asarray(unknown)))[0])
+        raise SyntheticDataError(f"{dataset_root}: record {index.file(row)} names {what} "
+                                 f"{vocabulary[unknown[0]]!r}, not one of {list(names)}: {hint}")
+    return np.asarray([position[name] for name in vocabulary] or [0], dtype=np.int64)
+
+
+class Selection:
+    """The rows of an index that one training env of a run may use, and their class labels (numpy arrays, so
+    DataLoader workers share them without copying)."""
+
+    def __init__(self, dataset_root, index, rows, labels):
+        self.dataset_root, self.index = dataset_root, index
+        self.rows, self.labels = rows.astype(np.int64), labels.astype(np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def path(self, k):
+        return os.path.join(self.dataset_root, self.index.file(int(self.rows[k])))
+
+    def record(self, k):
+        """The indexed fields of the k-th image as a manifest-like dict."""
+        ix, row = self.index, int(self.rows[k])
+
+        def name(vocabulary, code):
+            return None if code < 0 else vocabulary[code]
+
+        return dict(file=ix.file(row), source_env=ix.envs[ix.source_env[row]], guide_env=name(ix.envs,
+                    int(ix.guide_env[row])), class_name=ix.classes[ix.class_[row]],
+                    source=ix.path(int(ix.source[row])), guide=ix.path(int(ix.guide[row])),
+                    sample=int(ix.sample[row]), params={k: float(v[row]) for k, v in ix.params.items()
+                                                        if not np.isnan(v[row])})
+
+    def records(self):
+        return [self.record(k) for k in range(len(self))]
 
 
 def load_rgb(path):

@@ -71,18 +71,25 @@ def training_sources(ctx):
 
 # -- synthetic minibatches ----------------------------------------------------------------------------------
 class SyntheticImages(torch.utils.data.Dataset):
-    """Synthetic images of one env, through that env's transform."""
+    """Synthetic images of one env (a ``synthetic.Selection``), through that env's transform."""
 
-    def __init__(self, items, transform):
-        self.items = items  # [(path, label, record)]
+    def __init__(self, selection, transform, method=""):
+        self.selection = selection
         self.transform = transform
+        self.method = method
 
     def __len__(self):
-        return len(self.items)
+        return len(self.selection)
 
     def __getitem__(self, index):
-        path, label, _ = self.items[index]
-        image = synthetic.load_rgb(path)
+        path = self.selection.path(index)
+        try:
+            image = synthetic.load_rgb(path)
+        except FileNotFoundError:
+            raise synthetic.SyntheticDataError(
+                f"{path} is in the {self.method} manifest but no longer on disk (removed after its index was "
+                f"built). Re-run the generator with the same arguments: it makes it again.") from None
+        label = int(self.selection.labels[index])
         return (self.transform(image) if self.transform else transforms.functional.to_tensor(image)), label
 
 

@@ -151,18 +151,18 @@ def test_leak_filter_never_returns_a_test_env_image(generated):
             selected = domains.select(method, ENVS, ["cat", "dog"], [test_env])
             assert test_env not in selected
             for env, items in selected.items():
-                for _, _, record in items:
+                for record in items.records():
                     assert ENVS[test_env] not in (record["source_env"], record.get("guide_env"))
                     assert record["source_env"] == ENVS[env]
             assert sum(len(v) for v in selected.values()) > 0
     # CDGA with env 0 held out keeps only the pairs between the other two envs
     kept = domains.select("cdga-pg", ENVS, ["cat", "dog"], [0])
-    assert {(r["source_env"], r["guide_env"]) for items in kept.values() for _, _, r in items} == {
+    assert {(r["source_env"], r["guide_env"]) for items in kept.values() for r in items.records()} == {
         ("env_b", "env_c"), ("env_c", "env_b")}
     # the starred variant keeps pairs toward the test env, never from it
     star = domains.select("cdga-pg", ENVS, ["cat", "dog"], [0], allow_test_guides=True)
-    assert all(r["source_env"] != "env a" for items in star.values() for _, _, r in items)
-    assert any(r["guide_env"] == "env a" for items in star.values() for _, _, r in items)
+    assert all(r["source_env"] != "env a" for items in star.values() for r in items.records())
+    assert any(r["guide_env"] == "env a" for items in star.values() for r in items.records())
 
 
 def test_leak_filter_drops_images_made_from_validation_images(generated):
@@ -170,7 +170,7 @@ def test_leak_filter_drops_images_made_from_validation_images(generated):
     training = {1: {"env_b/cat/img0.png"}, 2: {"env_c/dog/img1.png", "env_c/cat/img0.png"}}
     selected = domains.select("cdga-ig", ENVS, ["cat", "dog"], [0], training_sources=training)
     for env, items in selected.items():
-        for _, _, r in items:
+        for r in items.records():
             assert r["source"] in training[env] and r["guide"] in training[1 if env == 2 else 2]
 
 
