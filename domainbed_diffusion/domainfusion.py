@@ -3,10 +3,15 @@
 The set holds one synthetic image per training image (1:1 in size), initialised from that training image and
 refreshed in place: a refresh makes N img2img candidates of the image's *current* synthetic version (class
 prompt) and keeps one, chosen by the sampling strategy (``methods.candidates``). So each synthetic image evolves
-over training. Images are loaded from disk the first time they are needed and kept, once refreshed, as uint8 at
-the generation size: memory grows by ``3 * image_size^2`` bytes per refreshed image.
+over training. Originals are read from the dataset when needed; refreshed images go, as uint8 at the generation
+size, to a spill file (``SpillStore``), so the pool's memory is 4 bytes per training image whatever the number of
+refreshes (a DomainNet run refreshes tens of thousands of 300 KB images).
 """
 import contextlib
+import os
+import tempfile
+
+import numpy as np
 
 import torch
 from PIL import Image
@@ -16,10 +21,57 @@ from .hparams_registry import seed_hash
 from .methods import candidates
 
 
-class SyntheticPool:
-    """One entry per training image of every training env, in env order."""
+class SpillStore:
+    """Fixed-size uint8 images in a file, slot ``i`` at byte ``i * nbytes`` (a sparse file: only written slots
+    take disk), read back with ``pread``: nothing stays in the process's memory but a version count per slot.
 
-    def __init__(self, ctx, size, mapping):
+    The file is unlinked as soon as it is open, so it never outlives the run, however the run ends.
+    """
+
+    def __init__(self, n, shape, directory=None):
+        self.shape = tuple(shape)
+        self.nbytes = int(np.prod(self.shape))
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="domainfusion-pool-", suffix=".u8", dir=directory)
+        os.unlink(path)
+        self.fd = fd
+        self.versions = np.zeros(n, dtype=np.int32)
+
+    def __len__(self):
+        return len(self.versions)
+
+    def __contains__(self, i):
+        return bool(self.versions[i])
+
+    def get(self, i):
+        data = os.pread(self.fd, self.nbytes, i * self.nbytes)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(self.shape)
+
+    def put(self, i, image):
+        data = image.detach().cpu().contiguous().numpy().tobytes()
+        if len(data) != self.nbytes:
+            raise ValueError(f"image of {len(data)} bytes for a slot of {self.nbytes}")
+        os.pwrite(self.fd, data, i * self.nbytes)
+        self.versions[i] += 1
+
+    def refreshed(self):
+        return np.flatnonzero(self.versions).tolist()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.close()
+
+
+class SyntheticPool:
+    """One entry per training image of every training env, in env order; refreshed images in a ``SpillStore``
+    under ``spill_dir`` (the run's output folder when there is one, else the temporary folder)."""
+
+    def __init__(self, ctx, size, mapping, spill_dir=None):
         self.ctx, self.size, self.mapping = ctx, size, mapping
         self.entries, self.ranges, labels = [], {}, []
         for env_index in ctx.train_envs:
@@ -30,8 +82,7 @@ class SyntheticPool:
             self.ranges[env_index] = (start, len(self.entries))
             labels += [int(env.samples[k][1]) if hasattr(env, "samples") else int(env[k][1]) for k in keys]
         self.labels = torch.tensor(labels)
-        self.refreshed = {}  # index -> uint8 (3, size, size)
-        self.versions = {}   # index -> number of refreshes
+        self.store = SpillStore(len(self.entries), (3, size, size), spill_dir or ctx.output_dir)
 
     def __len__(self):
         return len(self.entries)
@@ -49,10 +100,12 @@ class SyntheticPool:
         x = torch.as_tensor(env[key][0]).float()[None]
         return (self.mapping.to_pixels(x, (self.size, self.size))[0] * 255 + 0.5).to(torch.uint8)
 
+    def version(self, index):
+        """How many times the image at ``index`` was refreshed."""
+        return int(self.store.versions[index])
+
     def uint8(self, index):
-        if index not in self.refreshed:
-            return self._original(index)
-        return self.refreshed[index]
+        return self.store.get(index) if index in self.store else self._original(index)
 
     def images(self, indices):
         """Current synthetic images, uint8 (3, size, size) each: originals are read from disk here."""
@@ -61,8 +114,7 @@ class SyntheticPool:
     def write(self, indices, pixels):
         data = (pixels.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         for i, image in zip(indices, data):
-            self.refreshed[i] = image
-            self.versions[i] = self.versions.get(i, 0) + 1
+            self.store.put(i, image)
 
     def inputs(self, indices, images=None):
         """Network inputs of the current images (``images(indices)`` unless given), through each env's own
@@ -97,7 +149,7 @@ def refresh(pool, indices, images, model, network, featurizer, classifier, promp
     labels = pool.labels[indices]
     n = int(hparams["n_candidates"])
     z0 = model.encode_images(current)
-    seeds = [seed_hash(base_seed, i, pool.versions.get(i, 0), k) for i in indices for k in range(n)]
+    seeds = [seed_hash(base_seed, i, pool.version(i), k) for i in indices for k in range(n)]
     from .diffusion import generators_from_seeds
     cand = model.img2img(z0.repeat_interleave(n, 0), [prompts[int(y)] for y in labels for _ in range(n)],
                          hparams["img2img_strength"], hparams["img2img_steps"], hparams["guidance_scale"],

@@ -133,7 +133,8 @@ def ours(model, method, cfg, root, device):
     from .sources import scan
     folder = scan(root, "Bench")
     runner = REGISTRY[method](cfg)
-    batches = make_batches(runner.plan(folder, folder.env_names), 1 if method == "latent-prior" else cfg.batch_size)
+    batches = list(make_batches(runner.plan(folder, folder.env_names),
+                                1 if method == "latent-prior" else cfg.batch_size))
     assert DEFAULTS[method]
     with tempfile.TemporaryDirectory() as out:
         run_method(model, folder, method, runner, batches[:1], out, 1, 0)  # warm-up (and compilation)

@@ -1,10 +1,11 @@
-"""Command line of the generator: ``python -m offline_generation [generate|preview|prepare|train-embedded|benchmark]``.
+"""Command line of the generator: ``python -m offline_generation [generate|index|preview|prepare|train-embedded|benchmark]``.
 
 Without a subcommand it generates. Examples::
 
     python -m offline_generation --dataset DigitStyles --data_dir ./data --methods all
     python -m offline_generation --dataset PACS --data_dir /data --methods cdga-pg \\
         --model CompVis/stable-diffusion-v1-4 --dtype float16 --batch_size 32 --num_shards 8 --shard_id 0
+    python -m offline_generation index --dataset PACS --data_dir /data
     python -m offline_generation preview --dataset DigitStyles --data_dir ./data --out preview.png
 """
 import argparse
@@ -12,8 +13,9 @@ import shlex
 import sys
 
 from domainbed_diffusion.methods import METHODS
+from domainbed_diffusion.synthetic import SyntheticDataError
 
-SUBCOMMANDS = ("generate", "preview", "samples", "prepare", "train-embedded", "benchmark")
+SUBCOMMANDS = ("generate", "index", "preview", "samples", "prepare", "train-embedded", "benchmark")
 
 
 def _generation_arguments(parser):
@@ -116,6 +118,35 @@ def generate_main(argv):
     return run(args)
 
 
+def index_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation index",
+                                     description="(Re)build the columnar index runs read at start from the "
+                                                 "manifests (the generator does this after every run).")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_dir", default=None, help="the synthetic root is <data_dir>/synthetic")
+    parser.add_argument("--synthetic_dir", default=None, help="the synthetic root (default <data_dir>/synthetic)")
+    parser.add_argument("--methods", nargs="+", default=["all"])
+    parser.add_argument("--no_verify", action="store_true", help="do not check that every recorded image is on disk")
+    args = parser.parse_args(argv)
+    if not args.synthetic_dir and not args.data_dir:
+        parser.error("give --data_dir or --synthetic_dir")
+    import os
+    import time
+
+    from domainbed_diffusion.synthetic import default_root
+    from domainbed_diffusion.synthetic_index import build, manifest_paths
+    dataset_root = os.path.join(args.synthetic_dir or default_root(args.data_dir), args.dataset)
+    methods = list(METHODS) if "all" in args.methods else args.methods
+    found = [m for m in methods if manifest_paths(dataset_root, m)]
+    if not found:
+        raise FileNotFoundError(f"{dataset_root} has no manifest of {methods}: generate first")
+    for method in found:
+        start = time.time()
+        folder = build(dataset_root, method, verify=not args.no_verify, error=SyntheticDataError)
+        print(f"{method}: {folder} ({time.time() - start:.1f}s)")
+    return 0
+
+
 def preview_main(argv):
     parser = argparse.ArgumentParser(prog="python -m offline_generation preview",
                                      description="A grid PNG: source images next to their synthetic variants.")
@@ -178,11 +209,11 @@ def benchmark_main(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
-    handler = {"generate": generate_main, "preview": preview_main, "samples": samples_main, "prepare": prepare_main,
+    handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main, "prepare": prepare_main,
                "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     try:
         handler(argv)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, SyntheticDataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@ interrupted. (Seeds come from image paths, so another batch size changes pixels 
 done when each of its images is on disk and recorded in a manifest (or recorded as skipped): a rerun skips it.
 Images are written atomically by a background thread while the next batch runs on the device.
 """
+import collections
 import json
 import os
 import queue
@@ -15,11 +16,15 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name, read_manifests, save_png
+from domainbed_diffusion.synthetic import (ManifestWriter, SyntheticDataError, default_root, manifest_name,
+                                           save_png)
+from domainbed_diffusion.synthetic_index import build as build_index
+from domainbed_diffusion.synthetic_index import manifest_paths, recorded_file_names
 
 from domainbed_diffusion.methods import DEFAULTS, EMBEDDED_DEFAULTS
 
@@ -40,21 +45,76 @@ def method_config(args, method, embedded):
 
 
 def make_batches(units, batch_size):
-    """Consecutive units packed into batches of at most ``batch_size`` images (a unit is never split)."""
-    batches, current, size = [], [], 0
+    """Consecutive units packed into batches of at most ``batch_size`` images (a unit is never split); a
+    generator, so a plan of millions of images is never held whole."""
+    current, size = [], 0
     for unit in units:
         if current and size + unit.size > batch_size:
-            batches.append(current)
+            yield current
             current, size = [], 0
         current.append(unit)
         size += unit.size
     if current:
-        batches.append(current)
-    return batches
+        yield current
 
 
 def shard_of(batches, num_shards, shard_id):
-    return [b for i, b in enumerate(batches) if i % num_shards == shard_id]
+    return (b for i, b in enumerate(batches) if i % num_shards == shard_id)
+
+
+class Plan:
+    """The batches of one method for one shard, made anew on each iteration from the streamed plan."""
+
+    def __init__(self, runner, folder, envs, per_batch, num_shards=1, shard_id=0):
+        self.runner, self.folder, self.envs = runner, folder, envs
+        self.per_batch, self.num_shards, self.shard_id = per_batch, num_shards, shard_id
+
+    def __iter__(self):
+        return shard_of(make_batches(self.runner.plan(self.folder, self.envs), self.per_batch), self.num_shards,
+                        self.shard_id)
+
+
+class RecordedFiles:
+    """The files a method's manifests (and skip lists) record, as a sorted array of 64-bit hashes: a resumed
+    DomainNet job holds 8 bytes per recorded image, not its record. A recorded file counts as done only if it
+    is also on disk (checked against cached listings of the most recent folders, not one ``stat`` per file)."""
+
+    def __init__(self, out_root, method, cached_folders=256):
+        names = recorded_file_names(manifest_paths(out_root, method))
+        self.hashes = np.unique(np.fromiter((_hash(n) for n in names), dtype=np.int64))
+        self.skipped = _read_skips(out_root, method)
+        self.out_root, self.cached_folders = out_root, cached_folders
+        self._listings = collections.OrderedDict()
+
+    def __len__(self):
+        return len(self.hashes)
+
+    def recorded(self, file):
+        h = _hash(file)
+        i = int(np.searchsorted(self.hashes, h))
+        return i < len(self.hashes) and self.hashes[i] == h
+
+    def on_disk(self, file):
+        folder, name = os.path.split(file)
+        names = self._listings.get(folder)
+        if names is None:
+            try:
+                names = set(os.listdir(os.path.join(self.out_root, folder)))
+            except FileNotFoundError:
+                names = set()
+            self._listings[folder] = names
+            if len(self._listings) > self.cached_folders:
+                self._listings.popitem(last=False)
+        else:
+            self._listings.move_to_end(folder)
+        return name in names
+
+    def done(self, file):
+        return file in self.skipped or (self.recorded(file) and self.on_disk(file))
+
+
+def _hash(text):
+    return hash(text)  # a process-stable 64-bit hash; a collision still needs the file on disk to be skipped
 
 
 def distributed_shard(args):
@@ -124,26 +184,28 @@ class Writer(threading.Thread):
             raise self.error
 
 
-def plan_method(args, folder, envs, method, embedded):
+def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0):
     cfg = method_config(args, method, embedded)
     runner = REGISTRY[method](cfg)
-    units = runner.plan(folder, envs)
     per_batch = 1 if method == "latent-prior" else cfg.batch_size
-    return cfg, runner, make_batches(units, per_batch)
+    return cfg, runner, Plan(runner, folder, envs, per_batch, num_shards, shard_id)
 
 
-def describe_plan(folder, method, batches, cfg, stream=None):
-    """Images per (source env, guide env) and the disk they need (PNG, estimated)."""
-    counts = {}
+def describe_plan(folder, method, batches, cfg, stream=None, out_root=None):
+    """Images per (source env, guide env), the disk they need (PNG, estimated) and, given the output folder,
+    how many a rerun would skip as done."""
+    counts, done = {}, 0
+    recorded = RecordedFiles(out_root, method) if out_root and os.path.isdir(out_root) else None
     for batch in batches:
         for unit in batch:
             for item in unit.items:
                 key = f"{item.source_env} -> {item.guide_env}" if item.guide_env else item.source_env
                 counts[key] = counts.get(key, 0) + 1
+                done += bool(recorded is not None and recorded.done(item.file))
     total = sum(counts.values())
     per_image = cfg.resolution * cfg.resolution * 3 * 0.5 + 300  # PNG of generated images: about half of raw
     print(f"{method}: {total} images at {cfg.resolution}px, steps {cfg.steps}, strength {cfg.strength}, "
-          f"guidance {cfg.guidance}; disk ~{total * per_image / 2 ** 20:.1f} MiB", file=stream)
+          f"guidance {cfg.guidance}; disk ~{total * per_image / 2 ** 20:.1f} MiB; {done} already done", file=stream)
     for key in sorted(counts):
         print(f"    {key}: {counts[key]}", file=stream)
     return total
@@ -159,12 +221,12 @@ def run(args, stream=None):
         raise ValueError(f"--shard_id {shard_id} is outside 0..{num_shards - 1}")
     embedded = args.model in (None, "", "embedded")
     out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
-    plans = {m: plan_method(args, folder, envs, m, embedded) for m in args.methods}
+    plans = {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id) for m in args.methods}
     if args.dry_run:
         print(f"plan for {args.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
               f"{num_shards}, into {out_root}:", file=stream)
         for method, (cfg, runner, batches) in plans.items():
-            describe_plan(folder, method, shard_of(batches, num_shards, shard_id), cfg, stream)
+            describe_plan(folder, method, batches, cfg, stream, out_root)
         return {}
     from domainbed_diffusion.diffusion import LatentDiffusion
     device = args.device
@@ -175,22 +237,16 @@ def run(args, stream=None):
         model.optimize(channels_last=args.channels_last, compile=args.compile)
     made = {}
     for method, (cfg, runner, batches) in plans.items():
-        made[method] = run_method(model, folder, method, runner, shard_of(batches, num_shards, shard_id), out_root,
-                                  num_shards, shard_id, stream)
+        made[method] = run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream)
     return made
 
 
 def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=None):
+    """Make the images of ``batches`` (re-iterable: a list or a ``Plan``) that are not done yet, then index the
+    method's manifests so that runs start from the index."""
     os.makedirs(out_root, exist_ok=True)
-    recorded = {r["file"] for r in read_manifests(out_root, method)}
-    skipped = _read_skips(out_root, method)
-
-    def done(item):
-        return item.file in skipped or (item.file in recorded and os.path.isfile(os.path.join(out_root, item.file)))
-
-    todo = [b for b in batches if not all(done(it) for u in b for it in u.items)]
-    total = sum(u.size for b in batches for u in b)
-    remaining = sum(u.size for b in todo for u in b)
+    recorded = RecordedFiles(out_root, method)
+    total = sum(u.size for b in batches for u in b)  # a first pass over the streamed plan, for the progress bar
     messages = []
 
     def report(message, level="warning"):
@@ -202,11 +258,15 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     skips = ManifestWriter(os.path.join(out_root, skips_name(method, shard_id, num_shards)))
     writer = Writer(out_root, manifest, skips)
     writer.start()
-    start, made = time.time(), 0
-    bar = tqdm(total=total, initial=total - remaining, unit="img", desc=method, file=stream, dynamic_ncols=True,
-               mininterval=1.0)
+    start, made, already = time.time(), 0, 0
+    bar = tqdm(total=total, unit="img", desc=method, file=stream, dynamic_ncols=True, mininterval=1.0)
     try:
-        for batch in todo:
+        for batch in batches:
+            size = sum(u.size for u in batch)
+            if all(recorded.done(it.file) for u in batch for it in u.items):
+                already += size
+                bar.update(size)
+                continue
             results = runner.run(model, batch, folder, report)
             produced = {item.file for item, _ in results}
             skipped_items = [{"file": it.file, "reason": "source unreadable or no accepted candidate"}
@@ -214,7 +274,7 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
             records = [record_of(item, folder.name, model.model_id) for item, _ in results]
             writer.put((results, records, skipped_items))
             made += len(results)
-            bar.update(sum(u.size for u in batch))
+            bar.update(size)
     finally:
         bar.close()
         writer.close()
@@ -223,7 +283,8 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     elapsed = time.time() - start
     rate = made / elapsed if elapsed > 0 else 0.0
     print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); "
-          f"{total - remaining} were already done; output {out_root}", file=stream)
+          f"{already} were already done; output {out_root}", file=stream)
+    build_index(out_root, method, error=SyntheticDataError)
     infos = [m for m in messages if m.startswith("latent-prior")]
     if infos:
         print("\n".join(infos), file=stream)

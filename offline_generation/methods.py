@@ -1,8 +1,9 @@
 """The four generation methods: what images each makes (``plan``) and how a batch of them is made (``run``).
 
 The math is in ``domainbed_diffusion.methods``; the diffusion operations in ``LatentDiffusion``. A plan is a
-list of units in a fixed order (one source image for CDGA, a source image and its M samples for ED-SAM, an
-(env, class) group for latent-prior); every output image has a seed derived from its own path, so what an image
+stream of units in a fixed order (one source image for CDGA, a source image and its M samples for ED-SAM, an
+(env, class) group for latent-prior), generated as it is consumed: a DomainNet plan is millions of images and is
+never held whole. Every output image has a seed derived from its own path, so what an image
 looks like depends neither on the batch it was made in nor on the shard that made it.
 """
 import os
@@ -68,6 +69,7 @@ class Method:
         return dict(steps=c.steps, strength=c.strength, guidance=c.guidance, resolution=c.resolution)
 
     def plan(self, folder, envs):
+        """Yield the units of work in a fixed order."""
         raise NotImplementedError
 
     def run(self, model, units, folder, report):
@@ -113,7 +115,6 @@ class CDGAPromptGuided(Method):
     def pair_units(self, folder, envs, guidance):
         """One unit per source image of ``envs`` with an item per (other env, k); ``guidance`` gives an item's
         prompt/guide fields, or None where there is nothing to guide it with."""
-        units = []
         for image in folder.images:
             if image.env not in envs:
                 continue
@@ -129,8 +130,7 @@ class CDGAPromptGuided(Method):
                             seed=self.seed(image.rel_path, guide_env, k), source=image.rel_path,
                             guide_env=guide_env, params=self.params(), **fields))
             if items:
-                units.append(Unit(items, image.rel_path))
-        return units
+                yield Unit(items, image.rel_path)
 
     def run(self, model, units, folder, report):
         units, latents = self.encode_sources(model, units, folder, report)  # once per source, then one row per item
@@ -182,7 +182,6 @@ class EDSAM(Method):
                     rho=self.cfg.rho, num_samples=self.cfg.num_samples)
 
     def plan(self, folder, envs):
-        units = []
         for image in folder.images:
             if image.env not in envs:
                 continue
@@ -191,8 +190,7 @@ class EDSAM(Method):
                           seed=self.seed(image.rel_path, m), source=image.rel_path,
                           prompt=cdga.class_prompt(image.class_name), params=self.params())
                      for m in range(self.cfg.num_samples)]
-            units.append(Unit(items, image.rel_path))
-        return units
+            yield Unit(items, image.rel_path)
 
     def run(self, model, units, folder, report):
         units, latents = self.encode_sources(model, units, folder, report)
@@ -222,7 +220,6 @@ class LatentPrior(Method):
         return max(1, min(self.cfg.steps, round(self.cfg.mix_fraction * self.cfg.steps)))
 
     def plan(self, folder, envs):
-        units = []
         for env in envs:
             for class_name in folder.class_names:
                 refs = folder.by_env_class.get((env, class_name), [])
@@ -233,8 +230,7 @@ class LatentPrior(Method):
                               source_env=env, class_name=class_name, sample=k, seed=self.seed(env, class_name, k),
                               prompt=cdga.class_prompt(class_name), params=self.params())
                          for k in range(n)]
-                units.append(Unit(items, f"{env}/{class_name}"))
-        return units
+                yield Unit(items, f"{env}/{class_name}")
 
     def run(self, model, units, folder, report):
         results = []

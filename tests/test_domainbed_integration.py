@@ -186,7 +186,7 @@ def test_synthetic_algorithms_never_read_a_test_env_or_validation_image(syntheti
                     for i in range(4)}
         seen = 0
         for env_index, synthetic_set in zip([0, 2, 3], algorithm.synthetic.datasets):
-            for path, label, record in synthetic_set.items:
+            for record in synthetic_set.selection.records():
                 assert "ink" not in (record["source_env"], record.get("guide_env")), record["file"]
                 assert record["source_env"] == dataset.ENVIRONMENTS[env_index]
                 if record.get("source"):
@@ -221,10 +221,10 @@ def test_domainfusion_keeps_a_one_to_one_set_that_refreshes_and_leaves_diffusion
     assert len(algorithm.pool) == sum(len(splits[i][1]) for i in (1, 2, 3))  # 1:1 with the training images
     out = algorithm.update(_minibatches(dataset, 8, [1, 2, 3]))
     assert out["refreshed"] == 24 and out["loss_gsd"] != 0
-    changed = list(algorithm.pool.refreshed)
+    changed = algorithm.pool.store.refreshed()
     assert len(changed) > 0 and len(algorithm.pool) == sum(len(splits[i][1]) for i in (1, 2, 3))
     index = changed[0]
-    assert not torch.equal(algorithm.pool.refreshed[index], algorithm.pool._original(index))
+    assert not torch.equal(algorithm.pool.uint8(index), algorithm.pool._original(index))
     unet = copy.deepcopy(algorithm._diffusion.unet.state_dict())
     algorithm.update(_minibatches(dataset, 8, [1, 2, 3]))
     assert all(torch.equal(unet[k], v) for k, v in algorithm._diffusion.unet.state_dict().items())
