@@ -243,7 +243,8 @@ def main(argv=None):
         print(f"baseline (StableDiffusionImg2ImgPipeline per image, fp32) at {res_base}px: {base:.3f} images/s",
               flush=True)
         model = LatentDiffusion(**components).to(device, dtype)
-        model.optimize(channels_last=not args.no_channels_last and device.type == "cuda", compile=args.compile)
+        model.optimize(channels_last=not args.no_channels_last and device.type == "cuda", compile=args.compile,
+                       batch_size=args.batch_size)
         for spec in args.methods:
             method, resolution = spec.split("@")
             resolution = 32 if args.tiny else int(resolution)

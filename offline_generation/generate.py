@@ -234,7 +234,7 @@ def run(args, stream=None):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
     model = LatentDiffusion.from_pretrained(args.model or "embedded", device=device, dtype=args.dtype)
     if args.compile or args.channels_last:
-        model.optimize(channels_last=args.channels_last, compile=args.compile)
+        model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
     made = {}
     for method, (cfg, runner, batches) in plans.items():
         made[method] = run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream)

@@ -37,9 +37,8 @@ def test_missing_folder_and_uncached_id_and_single_file(tmp_path, monkeypatch):
         resolve_model(str(single))
 
 
-def test_half_precision_needs_a_gpu():
-    with pytest.raises(ValueError, match="half precision needs a CUDA GPU"):
-        resolve_dtype("float16", "cpu")
+def test_dtypes_resolve_on_a_cpu():
+    assert resolve_dtype("float16", "cpu") == torch.float16 and resolve_dtype("bf16", "cpu") == torch.bfloat16
     assert resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float8", "cpu")

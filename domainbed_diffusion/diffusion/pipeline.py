@@ -19,6 +19,40 @@ def generators_from_seeds(seeds):
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+class FixedBatchUNet:
+    """A ``torch.compile``d UNet that is only ever called on ``size`` rows: longer batches run in slices, shorter
+    ones are padded (by repeating their last row) and sliced back, and the timestep is always one per row. One
+    static graph then serves every call: no recompilation for a short last batch, guidance's doubled batch or
+    GSD's per-sample timesteps. Attributes (``config``, ``device``, ``dtype``, ``to``...) are the UNet's."""
+
+    def __init__(self, unet, size, mode=None):
+        self.module, self.size = unet, int(size)
+        weight = next(p for p in unet.parameters() if p.dim() == 4)
+        self.memory_format = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) and \
+            not weight.is_contiguous() else torch.contiguous_format
+        self.compiled = torch.compile(unet, fullgraph=True, dynamic=False, mode=mode)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        from types import SimpleNamespace
+        n = len(sample)
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(n)
+        outs = []
+        for start in range(0, n, self.size):
+            rows = slice(start, min(start + self.size, n))
+            x, t, c = sample[rows], timestep[rows], encoder_hidden_states[rows]
+            short = self.size - len(x)
+            if short:
+                x, t, c = (torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for v in (x, t, c))
+            # one memory layout for every call: dynamo guards on strides
+            x = x.contiguous(memory_format=self.memory_format)
+            outs.append(self.compiled(x, t.contiguous(), encoder_hidden_states=c.contiguous(), **kwargs).sample[
+                :self.size - short])
+        return SimpleNamespace(sample=torch.cat(outs))
+
+
 class LatentDiffusion:
     """VAE, UNet, CLIP text encoder, tokenizer and DDIM schedulers of one Stable Diffusion checkpoint."""
 
@@ -30,6 +64,7 @@ class LatentDiffusion:
         self.model_id = model_id
         self.vae_batch_size = vae_batch_size
         self._prompt_cache = {}
+        self._vae_float32 = None
         for module in (vae, unet, text_encoder):
             module.requires_grad_(False)
             module.eval()
@@ -56,16 +91,33 @@ class LatentDiffusion:
         for module in (self.vae, self.unet, self.text_encoder):
             module.to(**{k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None})
         self._prompt_cache = {}
+        self._vae_float32 = None
         return self
 
-    def optimize(self, channels_last=True, compile=False):
-        """GPU speed-ups that keep results: channels-last memory and, optionally, ``torch.compile`` of the UNet."""
+    def optimize(self, channels_last=True, compile=False, batch_size=None, mode=None):
+        """Speed-ups that keep results: channels-last memory and, optionally, ``torch.compile`` of the UNet.
+
+        The compiled UNet always sees ``batch_size`` rows (``FixedBatchUNet`` pads and slices), so a run of
+        batches of any size, a short last one included, reuses one graph. ``mode`` defaults to max-autotune on
+        CUDA and inductor's default elsewhere.
+        """
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-        if compile:
-            self.unet = torch.compile(self.unet, fullgraph=True, mode="max-autotune")
+        if compile and not isinstance(self.unet, FixedBatchUNet):
+            mode = mode or ("max-autotune" if self.device.type == "cuda" else None)
+            self.unet = FixedBatchUNet(self.unet, batch_size or 8, mode)
         return self
+
+    def vae_for_derivatives(self):
+        """The VAE that GSD differentiates: the model's own, except in float16, where a float32 copy is used
+        (made once): GroupNorm's derivative sums over whole groups and overflows float16's range to NaN."""
+        if self.vae.dtype != torch.float16:
+            return self.vae
+        if self._vae_float32 is None:
+            import copy
+            self._vae_float32 = copy.deepcopy(self.vae).float()
+        return self._vae_float32
 
     @property
     def vae_scale_factor(self):

@@ -59,23 +59,24 @@ def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_
     ``t`` (B,) and ``noise`` (B, *latent shape) are the forward-process draws. Gradients reach only
     ``confidence`` (and through it the classifier); the diffusion weights never get one.
     """
-    x0 = (images.to(model.vae.device, model.vae.dtype) * 2 - 1).detach()
+    vae = model.vae_for_derivatives()
+    x0 = (images.to(vae.device, vae.dtype) * 2 - 1).detach()
     cond = model.encode_prompts(prompts)
     uncond = model.encode_prompts([""] * len(prompts)) if guidance_scale > 1.0 else None
     p = confidence.to(x0.dtype)
+
+    def encode(scale):
+        return vae.encode(scale.view(-1, 1, 1, 1) * x0).latent_dist.mean * model.latent_scale
+
     if method == "autograd":
-        latents = model.vae.encode(p.view(-1, 1, 1, 1) * x0).latent_dist.mean * model.latent_scale
-        residual = score_residual(model, latents, cond, t, noise, kind, guidance_scale, uncond)
+        latents = encode(p)
+        residual = score_residual(model, latents.to(model.dtype), cond, t, noise, kind, guidance_scale, uncond)
         return surrogate(latents, residual)
     if method != "jvp":
         raise ValueError(f"unknown GSD method {method!r}: use 'jvp' or 'autograd'")
-
-    def encode(scale):
-        return model.vae.encode(scale.view(-1, 1, 1, 1) * x0).latent_dist.mean * model.latent_scale
-
     # fused attention kernels have no forward-mode derivative: the math kernel is used for this one pass
     with torch.no_grad(), torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         latents, dlatents_dp = torch.func.jvp(encode, (p.detach(),), (torch.ones_like(p),))
-    residual = score_residual(model, latents, cond, t, noise, kind, guidance_scale, uncond)
+    residual = score_residual(model, latents.to(model.dtype), cond, t, noise, kind, guidance_scale, uncond)
     dloss_dp = (residual.float() * dlatents_dp.float()).flatten(1).sum(1)  # per image, exact
     return (dloss_dp.detach() * p.float()).sum() / len(p)
