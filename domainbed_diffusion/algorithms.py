@@ -79,7 +79,8 @@ class SyntheticERM(ERM):
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         name = type(self).__name__
-        ctx = context.require(name, input_shape, num_domains)
+        ctx = context.require(name, input_shape, num_domains, hparams)
+        self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
         if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
             items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
@@ -183,7 +184,8 @@ class DomainFusion(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        ctx = context.require("DomainFusion", input_shape, num_domains)
+        ctx = context.require("DomainFusion", input_shape, num_domains, hparams)
+        self.run_context = ctx
         self.train_envs = ctx.train_envs
         self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
         self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping)

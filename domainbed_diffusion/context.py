@@ -7,8 +7,11 @@ and splits it just before building the algorithm, in the same process, so the pl
 (see ``registration``). Nothing here imports DomainBed.
 """
 import argparse
+import contextlib
+import dataclasses
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -57,9 +60,6 @@ class RunContext:
         return list(getattr(split, "keys", range(len(self.dataset[env_index]))))
 
 
-_current: Optional[RunContext] = None
-
-
 def _train_script_args():
     """The parsed arguments of ``python -m domainbed.scripts.train`` when this process is one."""
     main = sys.modules.get("__main__")
@@ -88,70 +88,155 @@ def _class_names(dataset):
     return [str(c) for c in range(getattr(dataset, "num_classes", 0))]
 
 
+# Every dataset built in this process (weakly: a dataset nobody holds drops out), newest last, and a context
+# set by hand (``set_run_context`` / ``use``), which wins while it is set.
+_registry: List[Tuple[Any, RunContext]] = []
+_explicit: Optional[RunContext] = None
+
+
+def _live():
+    """``[(dataset, context)]`` of the datasets still alive, oldest first."""
+    alive = [(ref(), ctx) for ref, ctx in _registry]
+    _registry[:] = [(ref, ctx) for (ref, ctx), (dataset, _) in zip(_registry, alive) if dataset is not None]
+    return [(dataset, ctx) for dataset, ctx in alive if dataset is not None]
+
+
+def _with_dataset(ctx, dataset):
+    return dataclasses.replace(ctx, dataset=dataset)
+
+
 def capture(dataset, root, test_envs, hparams):
-    """Record a freshly built DomainBed dataset as the current run's context."""
-    global _current
-    _current = RunContext(
+    """Record a freshly built DomainBed dataset's run context."""
+    ctx = RunContext(
         dataset_name=type(dataset).__name__,
         data_dir=root,
         test_envs=sorted(int(e) for e in (test_envs or [])),
         hparams=hparams,
-        dataset=dataset,
+        dataset=None,  # held weakly by the registry; a context handed to an algorithm holds it
         env_names=_env_names(dataset),
         env_labels=[str(e) for e in (getattr(dataset, "ENVIRONMENTS", None) or [])],
         class_names=_class_names(dataset),
         train_args=_train_script_args(),
     )
-    return _current
+    try:
+        ref = weakref.ref(dataset)
+    except TypeError:  # not weak-referenceable: held for the process's life
+        ref = (lambda d: (lambda: d))(dataset)
+    _live()
+    _registry.append((ref, ctx))
+    return _with_dataset(ctx, dataset)
 
 
 def record_split(env_dataset, validation, training):
-    """Record the train script's split of one env of the current dataset (other splits are ignored)."""
-    if _current is None:
-        return None
-    for index, env in enumerate(getattr(_current.dataset, "datasets", [])):
-        if env is env_dataset and index not in _current.splits:
-            _current.splits[index] = (validation, training)
-            return index
+    """Record the train script's split of one env of a dataset built in this process (first split wins); the
+    dataset's context when this split was recorded, else None."""
+    for dataset, ctx in reversed(_live()):
+        for index, env in enumerate(getattr(dataset, "datasets", [])):
+            if env is env_dataset:
+                if index not in ctx.splits:
+                    ctx.splits[index] = (validation, training)
+                    return _with_dataset(ctx, dataset)
+                return None
     return None
 
 
 def set_run_context(context):
-    """Set the context by hand, for building algorithms outside DomainBed's train script."""
-    global _current
-    _current = context
+    """Set the context by hand, for building algorithms outside DomainBed's train script (None to unset)."""
+    global _explicit
+    _explicit = context
     return context
 
 
+@contextlib.contextmanager
+def use(dataset):
+    """``with use(dataset): algorithm = ...`` builds algorithms for ``dataset`` (one built in this process),
+    whatever else was built since."""
+    for candidate, ctx in _live():
+        if candidate is dataset:
+            global _explicit
+            previous, _explicit = _explicit, _with_dataset(ctx, dataset)
+            try:
+                yield _explicit
+            finally:
+                _explicit = previous
+            return
+    raise MissingRunContextError(f"{type(dataset).__name__} was not built through DomainBed's dataset classes "
+                                 f"in this process, so it has no run context")
+
+
 def clear():
-    global _current
-    _current = None
+    global _explicit
+    _explicit = None
+    _registry.clear()
 
 
 def current():
-    return _current
+    """The explicit context, else that of the newest dataset still alive, else None."""
+    if _explicit is not None:
+        return _explicit
+    live = _live()
+    return _with_dataset(live[-1][1], live[-1][0]) if live else None
 
 
 class MissingRunContextError(RuntimeError):
     pass
 
 
-def require(algorithm_name, input_shape=None, num_domains=None):
-    """The current context, checked against what the algorithm was built with; a clear error otherwise."""
-    ctx = _current
+def _describe(ctx):
+    return f"{ctx.dataset_name} (data_dir {ctx.data_dir}, test envs {ctx.test_envs})"
+
+
+def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
+    """The run context the algorithm is built for; a clear error when there is none, or when datasets built in
+    this process leave it ambiguous.
+
+    The context is, in order: one set by hand (``set_run_context`` / ``use``); that of the dataset built with
+    this very ``hparams`` dict (DomainBed's train script and unit tests pass one dict to both); else that of
+    the live datasets whose input shape and number of training envs fit. Two candidates that disagree on
+    dataset, data_dir or test envs are an error, never a guess: an algorithm filtering synthetic images
+    against another run's test env would leak.
+    """
     how = ("Build the dataset first through DomainBed (`domainbed.datasets.get_dataset_class(name)(data_dir, "
            "test_envs, hparams)`, which the train script does), or call "
            "`domainbed_diffusion.context.set_run_context(...)`.")
-    if ctx is None:
+
+    def fits(ctx, dataset):
+        shape = tuple(getattr(dataset, "input_shape", ()) or ())
+        if input_shape is not None and shape and tuple(input_shape) != shape:
+            return False
+        return num_domains is None or not ctx.env_names or num_domains == len(ctx.env_names) - len(ctx.test_envs)
+
+    if _explicit is not None:
+        ctx = _explicit
+        if not fits(ctx, ctx.dataset):
+            raise MissingRunContextError(
+                f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
+                f"domains, which the run context set by hand, {_describe(ctx)}, does not have. {how}")
+        return ctx
+    live = _live()
+    if not live:
         raise MissingRunContextError(
             f"{algorithm_name} needs the run context (dataset name, data_dir, test envs, env and class names) "
             f"and none was recorded in this process. {how}")
-    if input_shape is not None and ctx.input_shape and tuple(input_shape) != ctx.input_shape:
+    same = [(d, c) for d, c in live if hparams is not None and c.hparams is hparams]
+    candidates = same if same else [(d, c) for d, c in live if fits(c, d)]
+    if not candidates:
+        ctx = live[-1][1]
         raise MissingRunContextError(
-            f"{algorithm_name} was built for input shape {tuple(input_shape)} but the last dataset built in this "
-            f"process, {ctx.dataset_name}, has input shape {ctx.input_shape}. {how}")
-    if num_domains is not None and ctx.env_names and num_domains != len(ctx.env_names) - len(ctx.test_envs):
+            f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
+            f"domains, but no dataset built in this process has them (the newest is {_describe(ctx)}). {how}")
+    keys = {(c.dataset_name, c.data_dir, tuple(c.test_envs)) for _, c in candidates}
+    if len(keys) > 1:
+        names = "; ".join(sorted({_describe(c) for _, c in candidates}))
         raise MissingRunContextError(
-            f"{algorithm_name} was built for {num_domains} training domains but the run context of "
-            f"{ctx.dataset_name} has {len(ctx.env_names)} envs with test envs {ctx.test_envs}. {how}")
-    return ctx
+            f"{algorithm_name}: more than one dataset built in this process could be the one it is for ({names}), "
+            f"and they differ, so the synthetic images it may use are ambiguous. Build it inside `with "
+            f"domainbed_diffusion.context.use(dataset): ...`, or pass it the hparams dict its dataset was built "
+            f"with, or drop the other datasets.")
+    dataset, ctx = candidates[-1]
+    if not fits(ctx, dataset):
+        raise MissingRunContextError(
+            f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
+            f"domains but the dataset built with its hparams, {_describe(ctx)}, has input shape "
+            f"{tuple(getattr(dataset, 'input_shape', ()))} and {len(ctx.env_names)} envs. {how}")
+    return _with_dataset(ctx, dataset)

@@ -64,9 +64,10 @@ def _misc(module):
     @functools.wraps(stock)
     def split_dataset(dataset, n, seed=0):
         validation, training = stock(dataset, n, seed)
-        if context.record_split(dataset, validation, training) is not None:
+        ctx = context.record_split(dataset, validation, training)
+        if ctx is not None:
             from . import datasets as ours
-            ours.check_split(context.current(), dataset, training)
+            ours.check_split(ctx, dataset, training)
         return validation, training
 
     module.split_dataset = split_dataset

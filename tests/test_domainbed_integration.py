@@ -268,3 +268,24 @@ def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dataset: DigitStyles" in result.stdout and "MIRO" in result.stdout
     assert "blueprint" in result.stdout and "sketch" in result.stdout
+
+
+def test_an_algorithm_never_filters_against_another_datasets_test_env(synthetic_digitstyles):
+    """A notebook that builds DigitStyles for test env 0 and then for test env 1 with one hparams dict: the
+    algorithm refuses to guess, and ``context.use`` (or a dict of its own) picks the dataset."""
+    hparams = hparams_registry.default_hparams("CDGA_PG", "DigitStyles")
+    first = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
+    second = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [1], hparams)
+    cls = algorithms.get_algorithm_class("CDGA_PG")
+    with pytest.raises(context.MissingRunContextError, match="more than one dataset"):
+        cls(first.input_shape, 10, 3, hparams)
+    with context.use(first):
+        algorithm = cls(first.input_shape, 10, 3, hparams)
+    assert algorithm.run_context.test_envs == [0] and algorithm.run_context.dataset is first
+    envs = {r["source_env"] for s in algorithm.synthetic.datasets for r in s.selection.records()} | \
+        {r["guide_env"] for s in algorithm.synthetic.datasets for r in s.selection.records()}
+    assert "blueprint" not in envs and "ink" in envs
+    own = dict(hparams)
+    third = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], own)
+    assert cls(third.input_shape, 10, 3, own).run_context.test_envs == [3]
+    assert second is not None
