@@ -2,11 +2,14 @@
 
     python -m offline_generation benchmark --device cuda --dtype bfloat16 [--compile] [--out bench.json]
     python -m offline_generation benchmark --tiny --device cpu        # the smoke test CI runs
+    python -m offline_generation benchmark --model embedded --device cpu --methods cdga-pg@32 --df_steps 0
 
 Builds UNet2DConditionModel, AutoencoderKL and the CLIP text encoder at SD v1-4's configs with random weights
 (speed does not depend on the weights; nothing is downloaded), then measures in one process:
 
 - the naive baseline: one ``StableDiffusionImg2ImgPipeline`` call per image, fp32, default attention;
+- the strong baseline a practitioner would write: the same pipeline called on a whole batch (``--batch_size``
+  prompts, images and per-image generators) in the benchmark's dtype;
 - the generator's own path (planning, batched encode/denoise/decode, the PNG writer thread) for cdga-pg at 320
   and 256 px, edsam (inversion + 10-step regeneration at 256 px) and latent-prior;
 - DomainFusion's training step against ERM's on the same batch (ResNet-50 at 224 px, SD at 320 px), when
@@ -110,6 +113,28 @@ def baseline(components, n, cfg, device):
     return n / (time.perf_counter() - start)
 
 
+def baseline_batched(components, n, cfg, device, dtype, batch_size):
+    """The same pipeline called on whole batches of ``batch_size`` images, in ``dtype``: images/s."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    pipe = StableDiffusionImg2ImgPipeline(**components, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.zeros((cfg.resolution, cfg.resolution, 3), np.uint8))
+
+    def batch(first, size):
+        return pipe(["a photo of a dog, art painting"] * size, image=[image] * size, strength=cfg.strength,
+                    num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
+                    generator=[torch.Generator(device).manual_seed(first + k) for k in range(size)]).images
+    batch(0, min(batch_size, n))  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    made = 0
+    while made < n:
+        made += len(batch(made + 1, min(batch_size, n - made)))
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
 def per_image_flops(method, cfg, flops, n_candidates=1):
     """UNet + VAE FLOPs of one output image of a method (classifier-free guidance doubles the UNet)."""
     u, enc, dec = flops["unet"], flops["encode"], flops["decode"]
@@ -152,7 +177,7 @@ def ours(model, method, cfg, root, device):
 
 def method_cfg(method, resolution, args):
     from domainbed_diffusion.methods import DEFAULTS, EMBEDDED_DEFAULTS
-    base = dict((EMBEDDED_DEFAULTS if args.tiny else DEFAULTS)[method], resolution=resolution)
+    base = dict((EMBEDDED_DEFAULTS if args.small else DEFAULTS)[method], resolution=resolution)
     return SimpleNamespace(**base, seed=0, dataset="Bench", batch_size=args.batch_size, images_per_pair=1,
                            domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}),
                            prompt_template="a {class_name}, {domain}", guide_mix=1.0, num_samples=args.edsam_m,
@@ -174,7 +199,7 @@ def domainfusion_step_cost(args, device):
     import domainbed_diffusion
     from domainbed_diffusion import context
     domainbed_diffusion.register()
-    dataset_name, hparams_dataset = ("Debug28", "Debug28") if args.tiny else ("Debug224", "PACS")
+    dataset_name, hparams_dataset = ("Debug28", "Debug28") if args.small else ("Debug224", "PACS")
     dataset = datasets.get_dataset_class(dataset_name)("", [], {})
     ctx = context.current()
     envs = len(dataset)
@@ -182,7 +207,7 @@ def domainfusion_step_cost(args, device):
     for name, algorithm, change in [("ERM", "ERM", {}), ("DomainFusion w/o GSD", "DomainFusion", {"lambda_gsd": 0.0}),
                                     ("DomainFusion", "DomainFusion", {})]:
         hp = hparams_registry.default_hparams(algorithm, hparams_dataset)
-        hp.update(resnet50_augmix=False, batch_size=4 if args.tiny else 16, **change)
+        hp.update(resnet50_augmix=False, batch_size=4 if args.small else 16, **change)
         if algorithm == "DomainFusion":
             hp.update(diffusion_model=args.model_dir, diffusion_dtype=args.dtype, refresh_every=args.refresh_every)
         context.set_run_context(ctx)
@@ -211,8 +236,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (a CPU smoke test), not SD v1-4's")
+    parser.add_argument("--model", default=None, help="measure this checkpoint ('embedded', a folder, a cached id) "
+                                                       "instead of SD v1-4's architecture with random weights")
     parser.add_argument("--images", type=int, default=64, help="images per measured workload")
-    parser.add_argument("--baseline_images", type=int, default=4)
+    parser.add_argument("--baseline_images", type=int, default=4, help="images of the per-image baseline")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--edsam_m", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
@@ -232,22 +259,35 @@ def main(argv=None):
     peak = args.peak_tflops or next((v for k, v in BF16_PEAK.items() if k in name), None)
     results = {"device": name, "dtype": str(dtype), "tiny": args.tiny, "date": time.strftime("%Y-%m-%d"),
                "workloads": {}}
+    from domainbed_diffusion.diffusion.loading import load_components, resolve_model
+    # the tiny configs and the embedded model work at 32 px with the embedded model's settings
+    embedded = args.model is not None and resolve_model(args.model) == resolve_model("embedded")
+    small = args.small = args.tiny or embedded
     with tempfile.TemporaryDirectory() as work:
-        components = build(args.tiny, os.path.join(work, "model"))
-        args.model_dir = save_checkpoint(components, os.path.join(work, "model"))
-        res_base = 32 if args.tiny else 256
+        if args.model is not None:
+            args.model_dir = resolve_model(args.model)  # its sampling resolution is the checkpoint's
+            components = load_components(args.model_dir, torch.float32)
+        else:
+            components = build(args.tiny, os.path.join(work, "model"))
+            args.model_dir = save_checkpoint(components, os.path.join(work, "model"))
+        res_base = 32 if small else 256
         base_cfg = method_cfg("cdga-pg", res_base, args)
         base = baseline(components, args.baseline_images, base_cfg, device)
         results["baseline"] = {"images_per_s": base, "resolution": res_base, "steps": base_cfg.steps,
                                "strength": base_cfg.strength, "guidance": base_cfg.guidance}
         print(f"baseline (StableDiffusionImg2ImgPipeline per image, fp32) at {res_base}px: {base:.3f} images/s",
               flush=True)
+        batched = baseline_batched(components, args.images, base_cfg, device, dtype, args.batch_size)
+        results["batched_baseline"] = {"images_per_s": batched, "batch_size": args.batch_size,
+                                       "dtype": str(dtype)}
+        print(f"batched baseline (the pipeline on batches of {args.batch_size}, {dtype}) at {res_base}px: "
+              f"{batched:.3f} images/s", flush=True)
         model = LatentDiffusion(**components).to(device, dtype)
         model.optimize(channels_last=not args.no_channels_last and device.type == "cuda", compile=args.compile,
                        batch_size=args.batch_size)
         for spec in args.methods:
             method, resolution = spec.split("@")
-            resolution = 32 if args.tiny else int(resolution)
+            resolution = 32 if small else int(resolution)
             cfg = method_cfg(method, resolution, args)
             n_sources = max(1, args.images // (cfg.num_samples if method == "edsam" else 1))
             if method == "latent-prior":
@@ -256,11 +296,13 @@ def main(argv=None):
             rate, memory = ours(model, method, cfg, root, device)
             flops = count_flops(model, resolution)
             tflops = rate * per_image_flops(method, cfg, flops) / 1e12
-            row = {"images_per_s": rate, "ratio_to_baseline": rate / base, "tflops": tflops,
+            row = {"images_per_s": rate, "ratio_to_baseline": rate / base,
+                   "ratio_to_batched_baseline": rate / batched, "tflops": tflops,
                    "fraction_of_bf16_peak": tflops / peak if peak else None, "peak_memory_gib": memory,
                    "unet_gflop": flops["unet"] / 1e9, "resolution": resolution, "steps": cfg.steps}
             results["workloads"][spec] = row
-            print(f"{spec}: {rate:.2f} images/s ({rate / base:.1f}x baseline), {tflops:.3g} TFLOP/s"
+            print(f"{spec}: {rate:.2f} images/s ({rate / base:.1f}x the per-image baseline, {rate / batched:.2f}x "
+                  f"the batched one), {tflops:.3g} TFLOP/s"
                   + (f" = {tflops / peak:.0%} of bf16 peak" if peak else "")
                   + (f", peak memory {memory:.1f} GiB" if memory else ""), flush=True)
         if args.df_steps:

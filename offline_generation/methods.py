@@ -155,9 +155,14 @@ class CDGAImageGuided(CDGAPromptGuided):
         return dict(super().params(), guide_mix=self.cfg.guide_mix)
 
     def plan(self, folder, envs):
+        pools = {}  # (env, class) -> its image paths, sorted once
+
         def guidance(image, guide_env, k):
-            pool = [g.rel_path for g in folder.by_env_class.get((guide_env, image.class_name), [])]
-            guide = cdga.choose_guide(pool, f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}")
+            key = (guide_env, image.class_name)
+            if key not in pools:
+                pools[key] = sorted(g.rel_path for g in folder.by_env_class.get(key, []))
+            guide = cdga.choose_guide(pools[key], f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}",
+                                      presorted=True)
             # env j may have no image of this class: no item then
             return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
         return self.pair_units(folder, envs, guidance)

@@ -8,9 +8,12 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     results = main(["--tiny", "--device", "cpu", "--images", "2", "--baseline_images", "1", "--batch_size", "2",
                     "--edsam_m", "2", "--df_steps", "0", "--out", str(out)])
     assert out.exists() and results["baseline"]["images_per_s"] > 0
+    assert results["batched_baseline"]["images_per_s"] > 0 and results["batched_baseline"]["batch_size"] == 2
     assert set(results["workloads"]) == {"cdga-pg@320", "cdga-pg@256", "edsam@256", "latent-prior@256"}
     for row in results["workloads"].values():
         assert row["images_per_s"] > 0 and row["ratio_to_baseline"] > 0 and row["tflops"] > 0
+        assert abs(row["ratio_to_batched_baseline"] * results["batched_baseline"]["images_per_s"]
+                   - row["images_per_s"]) < 1e-6 * row["images_per_s"]
         assert row["unet_gflop"] > 0
 
 

@@ -85,11 +85,12 @@ def ordered_pairs(envs):
     return [(i, j) for i in envs for j in envs if i != j]
 
 
-def choose_guide(candidates, key):
-    """A guide image among ``candidates`` (same class, guide env), chosen deterministically from ``key``."""
+def choose_guide(candidates, key, presorted=False):
+    """A guide image among ``candidates`` (same class, guide env), chosen deterministically from ``key``
+    (``presorted``: the caller passes them sorted, as a plan over a whole dataset does once per class)."""
     if not candidates:
         return None
-    return sorted(candidates)[random.Random(key).randrange(len(candidates))]
+    return (candidates if presorted else sorted(candidates))[random.Random(key).randrange(len(candidates))]
 
 
 def image_guided_latents(source_latents, guide_latents, mix=1.0):
