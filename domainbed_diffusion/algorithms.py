@@ -1,6 +1,6 @@
 """The plugin's DomainBed algorithms: one short class each; their hyperparameters are in ``hparams_registry``.
 
-Each method's math lives in a module of its own (``miro``, ``methods.*``, ``domainfusion``), imported here and,
+Each method's math lives in a module of its own (``methods.*``, ``domainfusion``), imported here and,
 for the generation methods, by the offline generator too.
 """
 import copy
@@ -15,7 +15,7 @@ from domainbed.algorithms import ERM
 
 from . import context, domainfusion, training_data
 from .methods import cdga, gsd
-from .miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
+from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
 ALGORITHMS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
 

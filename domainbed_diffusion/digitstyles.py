@@ -16,6 +16,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from .synthetic import save_png
+
 DATASET = "DigitStyles"
 POOL = "DigitStylesPool"
 DOMAINS = ["blueprint", "ink", "neon", "sketch"]  # sorted, as DomainBed lists env folders
@@ -158,12 +160,6 @@ def render_digit(images, index, style, variant=0):
     return (render(digit_mask(images[index], rng), style, rng) * 255 + 0.5).astype(np.uint8)
 
 
-def _save_png(array, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _manifest_digest(entries):
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
@@ -179,7 +175,7 @@ def _write_tree(root, entries, images):
     for rel, index, style, variant in entries:
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        _save_png(render_digit(images, index, style, variant), path)
+        save_png(Image.fromarray(render_digit(images, index, style, variant)), path)
     with open(marker + ".tmp", "w") as f:
         f.write(digest)
     os.replace(marker + ".tmp", marker)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from . import synthetic
-from .hparams_registry import CPU_DATASETS, EMBEDDED_MODEL, PAPERS_MODEL, seed_hash
+from .hparams_registry import CPU_DATASETS, EMBEDDED_MODEL, PAPERS_MODEL
 
 
 # -- pixels <-> network inputs ------------------------------------------------------------------------------
@@ -151,62 +151,32 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
 # -- in memory, for datasets without files ------------------------------------------------------------------
 def in_memory_synthetic(ctx, method, hparams, base_seed):
     """{training env: (images (N, C, H, W) as network inputs, labels)} made with the embedded model, for envs
-    that are tensors (DomainBed's Debug datasets)."""
+    that are tensors (DomainBed's Debug datasets), by the method's own plan over the training envs only."""
+    import json
+
     from .diffusion import LatentDiffusion
-    from .methods import EMBEDDED_DEFAULTS, cdga, edsam, latent_prior
-    settings = EMBEDDED_DEFAULTS[method]
-    model = LatentDiffusion.from_pretrained(EMBEDDED_MODEL, device="cpu", dtype="float32")
-    size = model.unet.config.sample_size * model.vae_scale_factor
+    from .generation import SPECS, TensorSources, generate_in_memory
     if ctx.input_shape[0] != 3:
         raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
+    model = LatentDiffusion.from_pretrained(EMBEDDED_MODEL, device="cpu", dtype="float32")
     mapping = PixelMapping(None, ctx.input_shape)
-    tensors = {i: (torch.stack([x for x, _ in ctx.dataset[i]]).float(),
-                   torch.stack([torch.as_tensor(y) for _, y in ctx.dataset[i]]).long()) for i in ctx.train_envs}
+    envs = [ctx.env_names[i] for i in ctx.train_envs]
+    sources = TensorSources(ctx.dataset_name, [mapping.to_pixels(torch.stack([x for x, _ in ctx.dataset[i]]).float())
+                                               for i in ctx.train_envs],
+                            [torch.tensor([int(y) for _, y in ctx.dataset[i]]) for i in ctx.train_envs],
+                            envs, ctx.class_names)
+    # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
+    cfg = SPECS[method].config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
+                               num_samples=int(hparams.get("edsam_m", 10)), rho=hparams.get("edsam_rho", 0.5),
+                               domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
+                               tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
+    made = generate_in_memory(model, SPECS[method], cfg, sources, envs)
     data = {}
-    for i in ctx.train_envs:
-        x, y = tensors[i]
-        latents = model.encode_images(mapping.to_pixels(x, (size, size)))
-        prompts = [cdga.class_prompt(ctx.class_names[int(c)]) for c in y]
-
-        def seeds(*keys, n=len(y)):
-            return [seed_hash(base_seed, method, i, *keys, k) for k in range(n)]
-
-        outs, labels = [], []
-        if method in ("cdga-pg", "cdga-ig"):
-            for j in ctx.train_envs:
-                if j == i:
-                    continue
-                if method == "cdga-pg":
-                    pg = [cdga.pg_prompt(ctx.class_names[int(c)], f"domain {ctx.env_names[j]}") for c in y]
-                    out = cdga.prompt_guided(model, latents, pg, seeds(j), settings["strength"], settings["steps"],
-                                             settings["guidance"])
-                else:
-                    gx, gy = tensors[j]
-                    pick = [int(torch.nonzero(gy == c)[0]) if (gy == c).any() else 0 for c in y]
-                    guides = model.encode_images(mapping.to_pixels(gx[pick], (size, size)))
-                    out = cdga.image_guided(model, latents, guides, prompts, seeds(j), settings["strength"],
-                                            settings["steps"], settings["guidance"])
-                outs.append(out)
-                labels.append(y)
-        elif method == "edsam":
-            m = int(hparams.get("edsam_m", 10))
-            out, _ = edsam.generate(model, latents, prompts, [seeds(k, n=m) for k in range(len(y))],
-                                    hparams.get("edsam_rho", 0.5), settings["steps"])
-            outs.append(out)
-            labels.append(y.repeat_interleave(m))
-        elif method == "latent-prior":
-            for c in y.unique():
-                members = (y == c).nonzero().flatten()
-                if len(members) < 3:
-                    continue
-                # Debug tensors are noise: the geometric check is opened so the path runs end to end
-                samples = latent_prior.generate(model, mapping.to_pixels(x[members], (size, size)),
-                                                prompts[int(members[0])], len(members),
-                                                lambda k: seed_hash(base_seed, method, i, int(c), k),
-                                                settings["steps"], 8, bandwidth=0.0, tolerance=(1.0, 90.0, 90.0))
-                outs.append(samples.images)
-                labels.append(torch.full((len(samples.images),), int(c)))
-        if not outs or sum(len(o) for o in outs) == 0:
-            raise ValueError(f"{method} made no synthetic image for env {ctx.env_names[i]} of {ctx.dataset_name}")
-        data[i] = (mapping.to_inputs(torch.cat(outs)), torch.cat(labels))
+    for i, env in zip(ctx.train_envs, envs):
+        if env not in made:
+            raise ValueError(f"{method} made no synthetic image for env {env} of {ctx.dataset_name}")
+        images, items = made[env]
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        labels = torch.tensor([ctx.class_names.index(it.class_name) for it in items])
+        data[i] = (mapping.to_inputs(pixels), labels)
     return data

@@ -23,11 +23,12 @@ import json
 import os
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image
+
+from domainbed_diffusion.generation import SPECS
 
 SD14_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
@@ -135,32 +136,18 @@ def baseline_batched(components, n, cfg, device, dtype, batch_size):
     return n / (time.perf_counter() - start)
 
 
-def per_image_flops(method, cfg, flops, n_candidates=1):
-    """UNet + VAE FLOPs of one output image of a method (classifier-free guidance doubles the UNet)."""
-    u, enc, dec = flops["unet"], flops["encode"], flops["decode"]
-    cfg_factor = 2 if cfg.guidance > 1 else 1
-    if method in ("cdga-pg", "cdga-ig"):
-        return cfg_factor * int(cfg.steps * cfg.strength) * u + enc + dec
-    if method == "edsam":  # one inversion (no guidance) per source, shared by its M samples
-        return (cfg.steps * u + enc) / cfg.num_samples + cfg_factor * cfg.steps * u + dec
-    if method == "latent-prior":  # one inversion to the mixing step per reference, one output per reference
-        mix = max(1, round(cfg.mix_fraction * cfg.steps))
-        return (mix * u + enc) + cfg_factor * mix * u + dec
-    raise ValueError(method)
+def per_image_flops(method, cfg, flops):
+    """UNet + VAE FLOPs of one output image of a method (its spec's count)."""
+    return SPECS[method].method.flops(cfg, flops["unet"], flops["encode"], flops["decode"])
 
 
 def ours(model, method, cfg, root, device):
     """The generator's path end to end (planning, batches, writer thread): images/s."""
-    from domainbed_diffusion.methods import DEFAULTS
-
     from .generate import make_batches, run_method
-    from .methods import REGISTRY
     from .sources import scan
     folder = scan(root, "Bench")
-    runner = REGISTRY[method](cfg)
-    batches = list(make_batches(runner.plan(folder, folder.env_names),
-                                1 if method == "latent-prior" else cfg.batch_size))
-    assert DEFAULTS[method]
+    runner = SPECS[method].make(cfg)
+    batches = list(make_batches(runner.plan(folder, folder.env_names), runner.units_per_batch or cfg.batch_size))
     with tempfile.TemporaryDirectory() as out:
         run_method(model, folder, method, runner, batches[:1], out, 1, 0)  # warm-up (and compilation)
     with tempfile.TemporaryDirectory() as out:
@@ -176,13 +163,11 @@ def ours(model, method, cfg, root, device):
 
 
 def method_cfg(method, resolution, args):
-    from domainbed_diffusion.methods import DEFAULTS, EMBEDDED_DEFAULTS
-    base = dict((EMBEDDED_DEFAULTS if args.small else DEFAULTS)[method], resolution=resolution)
-    return SimpleNamespace(**base, seed=0, dataset="Bench", batch_size=args.batch_size, images_per_pair=1,
-                           domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}),
-                           prompt_template="a {class_name}, {domain}", guide_mix=1.0, num_samples=args.edsam_m,
-                           rho=0.5, mix_fraction=0.8, bandwidth=0.0, tolerance=(0.05, 5.0, 5.0),
-                           samples_per_image=1.0, max_tries=5)
+    """The method's own defaults, at ``resolution``; latent-prior at a fixed bandwidth (no search) and few
+    tries, so the benchmark times generation, not the bandwidth estimate."""
+    return SPECS[method].config(args.small, resolution=resolution, dataset="Bench", batch_size=args.batch_size,
+                                domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}),
+                                num_samples=args.edsam_m, bandwidth=0.0, max_tries=5)
 
 
 def domainfusion_step_cost(args, device):
@@ -289,9 +274,8 @@ def main(argv=None):
             method, resolution = spec.split("@")
             resolution = 32 if small else int(resolution)
             cfg = method_cfg(method, resolution, args)
-            n_sources = max(1, args.images // (cfg.num_samples if method == "edsam" else 1))
-            if method == "latent-prior":
-                n_sources = max(3, n_sources)  # its prior and geometry need three references per class
+            runner = SPECS[method].method
+            n_sources = max(runner.min_references, args.images // runner.images_per_source(cfg))
             root = _dataset(os.path.join(work, f"data-{method}-{resolution}"), resolution, n_sources)
             rate, memory = ours(model, method, cfg, root, device)
             flops = count_flops(model, resolution)

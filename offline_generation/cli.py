@@ -12,7 +12,7 @@ import argparse
 import shlex
 import sys
 
-from domainbed_diffusion.methods import METHODS
+from domainbed_diffusion.generation import METHODS, SPECS
 from domainbed_diffusion.synthetic import SyntheticDataError
 
 SUBCOMMANDS = ("generate", "index", "preview", "samples", "prepare", "train-embedded", "benchmark")
@@ -44,19 +44,13 @@ def _generation_arguments(parser):
     g.add_argument("--batch_size", type=int, default=32, help="images per batch")
     g = parser.add_argument_group("methods")
     g.add_argument("--methods", nargs="+", default=["all"], help=f"{', '.join(METHODS)} or all")
-    g.add_argument("--images_per_pair", type=int, default=1, help="CDGA: images per (source image, other env)")
-    g.add_argument("--domain_descriptions", default=None, help="CDGA-PG: env -> text, a JSON object or file")
-    g.add_argument("--prompt_template", default="a {class_name}, {domain}", help="CDGA-PG prompt template")
-    g.add_argument("--guide_mix", type=float, default=1.0, help="CDGA-IG: how far to move toward the guide's statistics")
-    g.add_argument("--num_samples", type=int, default=10, help="ED-SAM: M samples per image")
-    g.add_argument("--rho", type=float, default=0.5, help="ED-SAM: transport distance bound")
-    g.add_argument("--mix_fraction", type=float, default=0.8, help="latent-prior: inversion depth (fraction of steps)")
-    g.add_argument("--bandwidth", default="auto", help="latent-prior: DDIM eta when denoising, or 'auto'")
-    g.add_argument("--tolerance", type=float, nargs=3, default=[0.05, 5.0, 5.0],
-                   help="latent-prior: tolerances of the pairwise distance (relative), the pairwise angle and the "
-                        "angle to origin (degrees)")
-    g.add_argument("--samples_per_image", type=float, default=1.0, help="latent-prior: images per reference image")
-    g.add_argument("--max_tries", type=int, default=20, help="latent-prior: candidates drawn per wanted image, at most")
+    seen = set()
+    for spec in SPECS.values():  # each method's own settings, declared once in its spec
+        for option in spec.options:
+            if option.name not in seen:
+                seen.add(option.name)
+                g.add_argument(f"--{option.name}", type=option.type, nargs=option.nargs, default=None,
+                               help=f"{option.help} (default: {option.default})")
     g = parser.add_argument_group("scale")
     g.add_argument("--num_shards", type=int, default=None, help="split the job into this many independent shards")
     g.add_argument("--shard_id", type=int, default=None, help="which shard this process runs (0-based)")
@@ -72,11 +66,6 @@ def _finish_generation_args(args, parser):
     if unknown:
         parser.error(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)} or all")
     args.methods = methods
-    if args.bandwidth != "auto":
-        try:
-            args.bandwidth = float(args.bandwidth)
-        except ValueError:
-            parser.error(f"--bandwidth {args.bandwidth!r}: a number (DDIM eta) or 'auto'")
     if (args.shard_id is None) != (args.num_shards is None):
         parser.error("--num_shards and --shard_id go together")
     if args.batch_size < 1:

@@ -14,7 +14,6 @@ import queue
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,36 +25,14 @@ from domainbed_diffusion.synthetic import (ManifestWriter, SyntheticDataError, d
 from domainbed_diffusion.synthetic_index import build as build_index
 from domainbed_diffusion.synthetic_index import manifest_paths, recorded_file_names
 
-from domainbed_diffusion.methods import DEFAULTS, EMBEDDED_DEFAULTS
+from domainbed_diffusion.generation import SPECS, make_batches
 
-from .methods import REGISTRY
 from .sources import scan
 
 
 def method_config(args, method, embedded):
     """The settings of one method: the command line's, else the method's defaults for the model in use."""
-    defaults = (EMBEDDED_DEFAULTS if embedded else DEFAULTS)[method]
-    cfg = SimpleNamespace(**vars(args))
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(cfg, key, value)
-    if method in ("edsam", "latent-prior"):
-        cfg.strength = 1.0
-    return cfg
-
-
-def make_batches(units, batch_size):
-    """Consecutive units packed into batches of at most ``batch_size`` images (a unit is never split); a
-    generator, so a plan of millions of images is never held whole."""
-    current, size = [], 0
-    for unit in units:
-        if current and size + unit.size > batch_size:
-            yield current
-            current, size = [], 0
-        current.append(unit)
-        size += unit.size
-    if current:
-        yield current
+    return SPECS[method].config(embedded, **vars(args))
 
 
 def shard_of(batches, num_shards, shard_id):
@@ -186,9 +163,8 @@ class Writer(threading.Thread):
 
 def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0):
     cfg = method_config(args, method, embedded)
-    runner = REGISTRY[method](cfg)
-    per_batch = 1 if method == "latent-prior" else cfg.batch_size
-    return cfg, runner, Plan(runner, folder, envs, per_batch, num_shards, shard_id)
+    runner = SPECS[method].make(cfg)
+    return cfg, runner, Plan(runner, folder, envs, runner.units_per_batch or cfg.batch_size, num_shards, shard_id)
 
 
 def describe_plan(folder, method, batches, cfg, stream=None, out_root=None):

@@ -11,19 +11,14 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, ImageFile
 
+from domainbed_diffusion.generation import SourceImage
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not silently padded
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # DomainBed's folder of each dataset under data_dir.
 DATASET_DIRS = {"PACS": "PACS", "VLCS": "VLCS", "OfficeHome": "office_home", "TerraIncognita": "terra_incognita",
                 "DomainNet": "domain_net", "DigitStyles": "DigitStyles", "SVIRO": "sviro"}
-
-
-@dataclass(frozen=True)
-class SourceImage:
-    env: str
-    class_name: str
-    rel_path: str  # relative to the dataset folder: "<env>/<class>/<file>"
 
 
 @dataclass
@@ -38,6 +33,22 @@ class DatasetFolder:
 
     def path(self, image):
         return os.path.join(self.root, image.rel_path)
+
+    def load(self, rel_paths, resolution, report):
+        """Images as a (B, 3, R, R) float tensor in [0, 1], and the indices of those that could be read (the
+        others are reported by name and skipped)."""
+        import torch
+        arrays, ok = [], []
+        for i, rel in enumerate(rel_paths):
+            array, error = load_image(os.path.join(self.root, rel), resolution)
+            if error:
+                report(f"unreadable image skipped: {os.path.join(self.root, rel)} ({error})")
+                continue
+            arrays.append(array)
+            ok.append(i)
+        if not arrays:
+            return None, ok
+        return torch.from_numpy(np.stack(arrays)), ok
 
 
 def dataset_root(data_dir, dataset, dataset_dir=None):

@@ -20,8 +20,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from domainbed_diffusion.generation import SPECS  # noqa: E402  (the repository first on the path)
 
-ALGORITHMS = ["ERM", "MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
 GET_DOMAINBED = """DomainBed is not importable, so the sweep cannot run (data and synthetic domains are ready).
 Get it once, then run this command again (it resumes):
 

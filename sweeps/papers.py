@@ -22,25 +22,21 @@ import shlex
 import subprocess
 import sys
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from domainbed_diffusion.generation import SPECS  # noqa: E402  (the repository first on the path)
+
 DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
-ALGORITHMS = ["ERM", "MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
 MODEL = "CompVis/stable-diffusion-v1-4"
-# The papers' generation settings: CDGA with SD's img2img defaults, one image per (image, other env);
-# ED-SAM with 10 DDIM steps at 256 px, rho 0.5 and M = 10; latent-prior with the same schedule.
-GENERATION = {
-    "cdga-pg": ["--resolution", "256", "--steps", "50", "--strength", "0.75", "--guidance", "7.5"],
-    "cdga-ig": ["--resolution", "256", "--steps", "50", "--strength", "0.75", "--guidance", "7.5"],
-    "edsam": ["--resolution", "256", "--steps", "10", "--num_samples", "10", "--rho", "0.5"],
-    "latent-prior": ["--resolution", "256", "--steps", "10"],
-}
 BACKBONE = {"resnet50_augmix": False, "freeze_bn": True}
 
 
 def commands(args):
     gen = []
-    for method, settings in GENERATION.items():
+    for method in SPECS:  # each with its spec's defaults, the papers' settings
         base = ["-m", "offline_generation", "--dataset", args.dataset, "--data_dir", args.data_dir, "--methods",
-                method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32", *settings]
+                method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32"]
         if args.launcher == "slurm":
             gen.append([sys.executable, *base, "--slurm", str(args.gpus), "--submit"])
         elif args.gpus > 1:

@@ -113,7 +113,6 @@ def baseline_select(domains, env_names, class_names, test_envs, training_sources
 
 def child_start(root, reader):
     """A run's start: the training split's paths, then the leak-free selection for test env 0."""
-    import numpy  # noqa: F401  (imported before the clock, as in a run)
     from domainbed_diffusion.synthetic import SyntheticDomains
     training = {i: set(training_paths(env)) for i, env in enumerate(ENVS) if i != 0}  # the dataset's side
     base = _peak_mib()

@@ -16,7 +16,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-ALGORITHMS = ["ERM", "MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
+from domainbed_diffusion.generation import SPECS  # noqa: E402  (the repository first on the path)
+ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
 
 
 def main(argv=None):

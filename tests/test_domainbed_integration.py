@@ -12,12 +12,14 @@ import sysconfig
 import pytest
 import torch
 
+from domainbed_diffusion.generation import SPECS
+
 from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
 pytestmark = needs_domainbed
 
-OURS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
-SYNTHETIC = {"CDGA_PG": "cdga-pg", "CDGA_IG": "cdga-ig", "EDSAM": "edsam", "LatentPrior": "latent-prior"}
+SYNTHETIC = {spec.algorithm: spec.name for spec in SPECS.values()}
+OURS = ["MIRO", *SYNTHETIC, "DomainFusion"]
 INSTALLED = os.path.isfile(os.path.join(sysconfig.get_paths()["purelib"], "domainbed_diffusion.pth"))
 needs_install = pytest.mark.skipif(not INSTALLED, reason="the package is not installed (pip install -e .), so "
                                    "fresh processes cannot register it")

@@ -6,7 +6,7 @@ import torch
 
 from domainbed_diffusion.methods import candidates, cdga, edsam, gsd, latent_prior
 from domainbed_diffusion.methods.style import adain, channel_stats
-from domainbed_diffusion.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
+from domainbed_diffusion.methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
 
 # -- ED-SAM ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from domainbed_diffusion import synthetic_index
 from domainbed_diffusion.domainfusion import SpillStore
 from domainbed_diffusion.synthetic import (ManifestWriter, SyntheticDataError, SyntheticDomains, env_folder,
                                            manifest_name, read_manifests)
