@@ -189,14 +189,15 @@ class SyntheticDomains:
         if not allow_test_guides:
             keep &= ~guided_by_test
         if training_sources is not None:
-            trained_env = np.full(len(index.paths), -1, dtype=np.int64)  # image path code -> env it trains in
+            # image path code -> the env it trains in; one extra slot, never set, is where code -1 (none) lands
+            trained_env = np.full(len(index.paths) + 1, -1, dtype=np.int64)
             for env, paths in training_sources.items():
                 codes = index.path_codes(sorted(paths))
                 trained_env[codes[codes >= 0]] = env
             has_source = index.source >= 0
-            keep &= ~has_source | (trained_env[np.maximum(index.source, 0)] == source_env)
+            keep &= ~has_source | (trained_env[index.source] == source_env)
             checked_guide = (index.guide >= 0) & (guide_env >= 0) & ~guided_by_test
-            keep &= ~checked_guide | (trained_env[np.maximum(index.guide, 0)] == guide_env)
+            keep &= ~checked_guide | (trained_env[index.guide] == guide_env)
         if where is not None:
             keep &= np.asarray(where(index), dtype=bool)
         labels = class_of[index.class_]

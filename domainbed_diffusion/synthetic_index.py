@@ -248,6 +248,10 @@ class SyntheticIndex:
     def __len__(self):
         return self.count
 
+    def __reduce__(self):
+        # a worker started by spawn or forkserver reopens the memory maps instead of receiving copies of them
+        return SyntheticIndex, (self.folder,)
+
     def file(self, row):
         start, end = int(self.file_offsets[row]), int(self.file_offsets[row + 1])
         return bytes(self.file_blob[start:end]).decode("utf-8")

@@ -126,8 +126,10 @@ def test_selection_is_leak_free_and_a_vanished_file_is_named_when_loaded(synthet
     images = SyntheticImages(selected[1], None, "cdga-ig")
     x, y = images[0]
     assert x.shape == (3, 4, 4) and y == selected[1].labels[0]
-    # what a DataLoader worker receives is arrays and one index, not a list of records per image
+    # what a DataLoader worker receives is arrays and the index's folder, not a list of records per image
     assert len(pickle.dumps(images.selection.rows)) < 200 + 8 * len(images)
+    index = pickle.loads(pickle.dumps(selected[1].index))
+    assert len(pickle.dumps(selected[1].index)) < 500 and index.file(3) == selected[1].index.file(3)
     os.remove(images.selection.path(0))
     with pytest.raises(SyntheticDataError, match="no longer on disk.*Re-run the generator"):
         images[0]
@@ -192,3 +194,14 @@ def test_recorded_files_and_streamed_plans(tmp_path):
 
     plan = Plan(Runner(), None, None, 2, num_shards=2, shard_id=1)
     assert [len(b) for b in plan] == [2, 1] and [len(b) for b in plan] == [2, 1]  # batches 1 and 3; re-iterable
+
+
+def test_records_without_source_images_pass_the_split_filter(tmp_path):
+    """Latent-prior's records have no single source image: the training-split filter keeps them."""
+    root = str(tmp_path / "Tiny")
+    records = [dict(file=f"latent-prior__env_b/cat/prior_{k:06d}.png", method="latent-prior", source_env="env_b",
+                    class_name="cat", sample=k, params=dict(eta=0.0)) for k in range(3)]
+    write(root, records, method="latent-prior")
+    selected = SyntheticDomains(str(tmp_path), "Tiny").select("latent-prior", ENVS, CLASSES, [0],
+                                                              training_sources={1: {"env_b/cat/img0.png"}, 2: set()})
+    assert len(selected[1]) == 3 and len(selected[2]) == 0
