@@ -24,7 +24,6 @@ class RunContext:
     hparams: Dict[str, Any]
     dataset: Any = None
     env_names: List[str] = field(default_factory=list)  # folder names on disk where there are folders
-    env_labels: List[str] = field(default_factory=list)  # the dataset's ENVIRONMENTS (collect_results' columns)
     class_names: List[str] = field(default_factory=list)
     # env index -> (validation split, training split), as DomainBed's train script split it
     splits: Dict[int, Tuple[Any, Any]] = field(default_factory=dict)
@@ -114,7 +113,6 @@ def capture(dataset, root, test_envs, hparams):
         hparams=hparams,
         dataset=None,  # held weakly by the registry; a context handed to an algorithm holds it
         env_names=_env_names(dataset),
-        env_labels=[str(e) for e in (getattr(dataset, "ENVIRONMENTS", None) or [])],
         class_names=_class_names(dataset),
         train_args=_train_script_args(),
     )

@@ -396,10 +396,6 @@ SPECS = {spec.name: spec for spec in (
 METHODS = tuple(SPECS)
 
 
-def spec_of_algorithm(algorithm):
-    return next(spec for spec in SPECS.values() if spec.algorithm == algorithm)
-
-
 # -- tensors as sources --------------------------------------------------------------------------------------
 class TensorSources:
     """Images held as tensors (DomainBed's Debug datasets), seen as a dataset folder: ``<env>/<class>/<k>``."""

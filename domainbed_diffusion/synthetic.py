@@ -48,8 +48,9 @@ def default_root(data_dir):
 
 
 def save_png(image, path):
-    """Write a PIL image atomically: readers never see a half-written file (``.tmp`` names are ignored)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Write a PIL image atomically: readers never see a half-written file (``.tmp`` names are ignored). The one
+    PNG writer of the project (synthetic images, DigitStyles, preview grids)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     image.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -8,7 +8,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from domainbed_diffusion.synthetic import SyntheticDomains, default_root, load_rgb
+from domainbed_diffusion.synthetic import SyntheticDomains, default_root, load_rgb, save_png
 
 from .sources import dataset_root
 
@@ -64,7 +64,7 @@ def preview(args, stream=None):
                 x += tile + pad
             y += tile + 16 + pad
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    grid.save(args.out)
+    save_png(grid, args.out)
     print(f"wrote {args.out}", file=stream)
     return args.out
 
@@ -99,6 +99,6 @@ def samples_grid(args):
             grid.paste(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST),
                        (LABEL_WIDTH * 2 + k * (tile + pad), y))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    grid.save(args.out)
+    save_png(grid, args.out)
     print(f"wrote {args.out}")
     return args.out

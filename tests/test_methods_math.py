@@ -153,12 +153,6 @@ def test_geometry_needs_enough_references():
 
 
 # -- CDGA ------------------------------------------------------------------------------------------------------
-def test_cdga_pairs_are_ordered_and_distinct():
-    pairs = cdga.ordered_pairs(["a", "b", "c"])
-    assert len(pairs) == 6 and ("a", "b") in pairs and ("b", "a") in pairs
-    assert all(i != j for i, j in pairs)
-
-
 def test_cdga_prompts_and_descriptions():
     d = cdga.load_descriptions("PACS", ["art_painting", "cartoon", "photo", "sketch"])
     assert cdga.pg_prompt("giraffe", d["sketch"]) == "a giraffe, sketch drawing, black and white, less details"

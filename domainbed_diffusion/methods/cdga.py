@@ -80,11 +80,6 @@ def class_prompt(class_name, template=CLASS_PROMPT_TEMPLATE):
     return template.format(class_name=class_text(class_name))
 
 
-def ordered_pairs(envs):
-    """Every ordered pair (i, j) of distinct envs: i -> j and j -> i are both made."""
-    return [(i, j) for i in envs for j in envs if i != j]
-
-
 def choose_guide(candidates, key, presorted=False):
     """A guide image among ``candidates`` (same class, guide env), chosen deterministically from ``key``
     (``presorted``: the caller passes them sorted, as a plan over a whole dataset does once per class)."""

@@ -75,8 +75,6 @@ class GeometryTarget:
     mean: torch.Tensor  # (3,): pairwise distance, pairwise angle, angle to origin
     std: torch.Tensor   # (3,)
 
-    NAMES = ("pairwise distance", "pairwise angle", "angle to origin")
-
 
 def fit_geometry(refs):
     """Targets of the three statistics, from the references themselves (each against the others)."""
