@@ -57,6 +57,7 @@ setup(
         "torchvision==0.29.1",
         "diffusers>=0.30",
         "transformers>=4.40",
+        "accelerate",  # diffusers then loads checkpoints without first initialising random weights
         "numpy",
         "pillow",
         "tqdm",
