@@ -223,10 +223,11 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     os.makedirs(out_root, exist_ok=True)
     recorded = RecordedFiles(out_root, method)
     total = sum(u.size for b in batches for u in b)  # a first pass over the streamed plan, for the progress bar
-    messages = []
+    infos = []  # a method's summary lines (latent-prior's acceptance rates), printed after its progress bar
 
     def report(message, level="warning"):
-        messages.append(message)
+        if level == "info":
+            infos.append(message)
         if level == "warning":
             tqdm.write(f"warning: {message}", file=sys.stderr)
 
@@ -261,7 +262,6 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); "
           f"{already} were already done; output {out_root}", file=stream)
     build_index(out_root, method, error=SyntheticDataError)
-    infos = [m for m in messages if m.startswith("latent-prior")]
     if infos:
         print("\n".join(infos), file=stream)
     return made
