@@ -244,6 +244,26 @@ def test_domainfusion_ablations_are_hparams(digitstyles_dir):
         assert ("loss_gen" in out) == (hparams["lambda_gen"] > 0)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_domainfusion_step_in_half_precision(digitstyles_dir, dtype):
+    """A whole DomainFusion step (GSD's forward-mode derivative, the refresh and its candidate selection) with the
+    diffusion model in half precision, as on a GPU: finite losses within 10% of float32's, every image refreshed."""
+    losses = {}
+    for precision in ("float32", dtype):
+        hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1,
+                       gsd_every=1, diffusion_dtype=precision)
+        dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+        torch.manual_seed(0)
+        algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+        out = algorithm.update(_minibatches(dataset, 4, [1, 2, 3]))
+        assert algorithm._diffusion.dtype == getattr(torch, precision) and out["refreshed"] == 12
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in out.items() if k.startswith("loss")), out
+        losses[precision] = out
+        del algorithm, dataset
+    for key in ("loss_raw", "loss_gen", "loss_gsd"):
+        assert abs(losses[dtype][key] - losses["float32"][key]) <= 0.1 * abs(losses["float32"][key]), (key, losses)
+
+
 @needs_install
 def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path):
     for name in ["ERM"] + OURS:
