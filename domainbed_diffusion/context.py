@@ -198,6 +198,9 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
            "test_envs, hparams)`, which the train script does), or call "
            "`domainbed_diffusion.context.set_run_context(...)`.")
 
+    built_for = (f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} "
+                 f"training domains")
+
     def fits(ctx, dataset):
         shape = tuple(getattr(dataset, "input_shape", ()) or ())
         if input_shape is not None and shape and tuple(input_shape) != shape:
@@ -208,8 +211,7 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
         ctx = _explicit
         if not fits(ctx, ctx.dataset):
             raise MissingRunContextError(
-                f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
-                f"domains, which the run context set by hand, {_describe(ctx)}, does not have. {how}")
+                f"{built_for}, which the run context set by hand, {_describe(ctx)}, does not have. {how}")
         return ctx
     live = _live()
     if not live:
@@ -221,8 +223,7 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
     if not candidates:
         ctx = live[-1][1]
         raise MissingRunContextError(
-            f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
-            f"domains, but no dataset built in this process has them (the newest is {_describe(ctx)}). {how}")
+            f"{built_for}, but no dataset built in this process has them (the newest is {_describe(ctx)}). {how}")
     keys = {(c.dataset_name, c.data_dir, tuple(c.test_envs)) for _, c in candidates}
     if len(keys) > 1:
         names = "; ".join(sorted({_describe(c) for _, c in candidates}))
@@ -234,7 +235,6 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
     dataset, ctx = candidates[-1]
     if not fits(ctx, dataset):
         raise MissingRunContextError(
-            f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} training "
-            f"domains but the dataset built with its hparams, {_describe(ctx)}, has input shape "
+            f"{built_for} but the dataset built with its hparams, {_describe(ctx)}, has input shape "
             f"{tuple(getattr(dataset, 'input_shape', ()))} and {len(ctx.env_names)} envs. {how}")
     return _with_dataset(ctx, dataset)

@@ -19,7 +19,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from .synthetic_index import open_index
+from .synthetic_index import iter_records, open_index
 
 MANIFEST_GLOB = "manifest.*.jsonl"
 DEFAULT_SUBDIR = "synthetic"
@@ -104,29 +104,13 @@ class ManifestWriter:
         self.close()
 
 
-REQUIRED = ("file", "method", "source_env", "class_name")
-
-
 def read_manifests(dataset_root, method=None):
     """All records of ``dataset_root`` (one dataset's synthetic folder), deduplicated by file (last wins)."""
     records = {}
     pattern = f"manifest.{method}.*.jsonl" if method else MANIFEST_GLOB
     for path in sorted(glob.glob(os.path.join(dataset_root, pattern))):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if not line.endswith("\n"):  # a line cut by an interrupted run: its image is redone on resume
-                        continue
-                    raise SyntheticDataError(f"{path}:{line_no} is not valid JSON; remove the line or the "
-                                             f"manifest and re-run the generator (it resumes)") from None
-                missing = [k for k in REQUIRED if k not in record]
-                if missing:
-                    raise SyntheticDataError(f"{path}:{line_no} lacks {missing}: not a manifest of this generator")
-                records[record["file"]] = record
+        for record in iter_records(path, error=SyntheticDataError):
+            records[record["file"]] = record
     return list(records.values())
 
 

@@ -30,6 +30,7 @@ import uuid
 import numpy as np
 
 FORMAT_VERSION = 1
+REQUIRED = ("file", "method", "source_env", "class_name")  # fields every manifest record has
 _FILE_FIELD = re.compile(r'"file": "((?:[^"\\]|\\.)*)"')
 
 
@@ -66,6 +67,22 @@ def iter_lines(path, size):
             line = raw.decode("utf-8")
             if line.strip():
                 yield line_no, line
+
+
+def iter_records(path, size=None, error=None, required=REQUIRED):
+    """The records of one manifest (up to ``size`` bytes), each checked: invalid JSON or a missing field is an
+    ``error`` naming the file and line."""
+    error = error or IndexError_
+    for line_no, line in iter_lines(path, os.path.getsize(path) if size is None else size):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise error(f"{path}:{line_no} is not valid JSON; remove the line or the manifest and re-run the "
+                        f"generator (it resumes)") from None
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise error(f"{path}:{line_no} lacks {missing}: not a manifest of this generator")
+        yield record
 
 
 def recorded_file_names(paths):
@@ -126,7 +143,7 @@ def _last_unique(files):
     return keep
 
 
-def build(dataset_root, method, verify=True, required=("file", "method", "source_env", "class_name"), error=None):
+def build(dataset_root, method, verify=True, required=REQUIRED, error=None):
     """Build the index of ``method``'s manifests under ``dataset_root`` and return its folder.
 
     ``verify`` checks that every recorded image is on disk (one directory listing per folder, not one ``stat``
@@ -144,15 +161,7 @@ def build(dataset_root, method, verify=True, required=("file", "method", "source
     cols = {k: array.array("i") for k in ("source_env", "guide_env", "class", "source", "guide", "sample")}
     params = {}  # name -> (rows, values)
     for path, (_, size) in zip(paths, parts):
-        for line_no, line in iter_lines(path, size):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise error(f"{path}:{line_no} is not valid JSON; remove the line or the manifest and re-run the "
-                            f"generator (it resumes)") from None
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise error(f"{path}:{line_no} lacks {missing}: not a manifest of this generator")
+        for record in iter_records(path, size, error, required):
             row = len(files)
             files.append(record["file"])
             cols["source_env"].append(envs(record["source_env"]))

@@ -246,11 +246,11 @@ def main(argv=None):
                "workloads": {}}
     from domainbed_diffusion.diffusion.loading import load_components, resolve_model
     # the tiny configs and the embedded model work at 32 px with the embedded model's settings
-    embedded = args.model is not None and resolve_model(args.model) == resolve_model("embedded")
-    small = args.small = args.tiny or embedded
+    model_dir = resolve_model(args.model) if args.model is not None else None
+    small = args.small = args.tiny or model_dir == resolve_model("embedded")
     with tempfile.TemporaryDirectory() as work:
         if args.model is not None:
-            args.model_dir = resolve_model(args.model)  # its sampling resolution is the checkpoint's
+            args.model_dir = model_dir
             components = load_components(args.model_dir, torch.float32)
         else:
             components = build(args.tiny, os.path.join(work, "model"))

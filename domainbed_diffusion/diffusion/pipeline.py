@@ -4,6 +4,8 @@ Every operation is batched and seeded per image: noise for image ``i`` comes fro
 (drawn on the CPU, then moved), so an image's result does not depend on which batch it was in. Images go in
 and out as float tensors in [0, 1], shape (B, 3, H, W); latents are scaled by the VAE's scaling factor.
 """
+from types import SimpleNamespace
+
 import torch
 
 from . import loading
@@ -36,7 +38,6 @@ class FixedBatchUNet:
         return getattr(self.module, name)
 
     def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
-        from types import SimpleNamespace
         n = len(sample)
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(n)
         outs = []
