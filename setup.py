@@ -51,7 +51,7 @@ setup(
     packages=find_packages(include=["domainbed_diffusion", "domainbed_diffusion.*",
                                     "offline_generation", "offline_generation.*"]),
     package_data={"domainbed_diffusion": ["embedded/*/*.json", "embedded/*/*/*.json", "embedded/*/*/*.txt",
-                                          "embedded/*/*/*.safetensors"]},
+                                          "embedded/*/*/*.safetensors", "embedded/*.pt"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -15,6 +15,7 @@ OPT_OUT_VARIABLE = "DOMAINBED_DIFFUSION_DISABLE"
 # The DomainBed modules the plugin extends once they have finished executing.
 WATCHED = (
     "domainbed.lib.misc",
+    "domainbed.networks",
     "domainbed.datasets",
     "domainbed.hparams_registry",
     "domainbed.algorithms",

@@ -63,28 +63,34 @@ class MIRO(ERM):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "ce": ce.item(), "miro": reg.item()}
+        return {"loss": loss.item(), "ce": ce.item(), "miro": reg.item(), "images": len(all_x)}
 
 
 class SyntheticERM(ERM):
     """ERM on real images plus the synthetic images of one generator method, read leak-free from disk.
 
-    ``synthetic_mode="paired"``: per training env, a synthetic minibatch of the same size beside the real one,
-    its loss weighted by ``synthetic_weight``. ``"concat"``: each env is the union of its real and synthetic
-    images (CDGA's setting): each real sample is replaced by a synthetic one with the synthetic share of the
-    union, synthetic samples weighted by ``synthetic_weight``. Same featurizer, classifier and optimizer as ERM.
+    ``synthetic_mode`` says how each training env's minibatch of ``batch_size`` images is drawn:
+    ``"union"``, uniformly from the union of the env's real and synthetic images (each slot is synthetic with
+    the synthetic share of the union: CDGA's ERM on real + synthetic data); ``"balanced"``, half real and half
+    synthetic (the two equally weighted terms of ED-SAM's Eq. 11). Both see ERM's images per step.
+    ``"paired"`` adds a whole synthetic minibatch beside each real one: twice ERM's images per step.
+    Synthetic samples' losses are weighted by ``synthetic_weight``; featurizer, classifier, optimizer are ERM's.
     """
     METHOD = None
+    PER_SPLIT = False  # images fitted on one train/validation split (only the run's own are used)
+    MODES = ("union", "balanced", "paired")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
+        if hparams["synthetic_mode"] not in self.MODES:
+            raise ValueError(f"hparam synthetic_mode={hparams['synthetic_mode']!r}: use one of {self.MODES}")
         name = type(self).__name__
         ctx = context.require(name, input_shape, num_domains, hparams)
         self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
         if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
             items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
-                                                  self.allow_test_guides(hparams))
+                                                  self.allow_test_guides(hparams), self.PER_SPLIT)
             datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i), self.METHOD)
                         for i in ctx.train_envs]
         else:  # DomainBed's Debug datasets: tensors, no files to generate from offline
@@ -92,7 +98,7 @@ class SyntheticERM(ERM):
             datasets = [torch.utils.data.TensorDataset(*made[i]) for i in ctx.train_envs]
         self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
                                                        getattr(ctx.dataset, "N_WORKERS", 0))
-        # the synthetic share of each env's real + synthetic union ("concat" mode)
+        # the synthetic share of each env's real + synthetic union
         self.synthetic_share = [len(d) / (len(d) + len(ctx.training_split(i)))
                                 for d, i in zip(datasets, ctx.train_envs)]
         self._generator = torch.Generator().manual_seed(base_seed)
@@ -104,34 +110,32 @@ class SyntheticERM(ERM):
     def allow_test_guides(self, hparams):
         return False
 
+    def synthetic_slots(self, batch_size, share):
+        """How many of an env's ``batch_size`` slots are synthetic this step (``union``/``balanced``)."""
+        if self.hparams["synthetic_mode"] == "balanced":
+            return batch_size // 2
+        return int((torch.rand(batch_size, generator=self._generator) < share).sum())
+
     def update(self, minibatches, unlabeled=None):
         device = minibatches[0][0].device
         synthetic = self.synthetic.next()
-        w = self.hparams["synthetic_weight"]
+        w, paired = self.hparams["synthetic_weight"], self.hparams["synthetic_mode"] == "paired"
         xs, ys, weights = [], [], []
         for (x, y), (sx, sy), share in zip(minibatches, synthetic, self.synthetic_share):
-            sx, sy = sx[:len(x)].to(device), sy[:len(x)].to(device)
-            if self.hparams["synthetic_mode"] == "paired":
-                xs += [x, sx]
-                ys += [y, sy]
-                weights += [torch.ones(len(x), device=device), torch.full((len(sx),), w, device=device)]
-            elif self.hparams["synthetic_mode"] == "concat":
-                swap = (torch.rand(len(x), generator=self._generator) < share).to(device)
-                xs.append(torch.where(swap[:, None, None, None], sx, x))
-                ys.append(torch.where(swap, sy, y))
-                weights.append(torch.where(swap, torch.full_like(swap, w, dtype=torch.float), 1.0))
-            else:
-                raise ValueError(f"synthetic_mode {self.hparams['synthetic_mode']!r}: use 'paired' or 'concat'")
+            k = len(x) if paired else self.synthetic_slots(len(x), share)
+            n_real = len(x) if paired else len(x) - k
+            xs += [x[:n_real], sx[:k].to(device)]
+            ys += [y[:n_real], sy[:k].to(device)]
+            weights += [torch.ones(n_real, device=device), torch.full((k,), float(w), device=device)]
         per_sample = F.cross_entropy(self.predict(torch.cat(xs)), torch.cat(ys), reduction="none")
         weights = torch.cat(weights)
         # paired: mean CE of the real half plus w times that of the synthetic half (halves of equal size)
-        denominator = sum(len(x) for x, _ in minibatches) if self.hparams["synthetic_mode"] == "paired" \
-            else weights.sum()
+        denominator = sum(len(x) for x, _ in minibatches) if paired else weights.sum()
         loss = (weights * per_sample).sum() / denominator
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "images": len(per_sample)}
 
 
 class CDGA_PG(SyntheticERM):
@@ -169,8 +173,9 @@ class EDSAM(SyntheticERM):
 
 class LatentPrior(SyntheticERM):
     """Latent-prior sampling (Zhu et al., 2023): ERM on real images + samples from each training (env, class)'s
-    Gaussian prior of inverted latents (``--methods latent-prior``)."""
+    Gaussian prior of inverted latents (``--methods latent-prior``), fitted on this run's training split only."""
     METHOD = "latent-prior"
+    PER_SPLIT = True
 
 
 class DomainFusion(ERM):
@@ -256,4 +261,5 @@ class DomainFusion(ERM):
                                                     self.base_seed)
         self.step += 1
         out["loss"] = loss.item()
+        out["images"] = len(x)  # real + synthetic: DomainFusion's loss has a term for each
         return out

@@ -7,10 +7,9 @@ import os
 
 import torch
 from PIL import Image
-from torchvision import transforms
 from domainbed.datasets import MultipleDomainDataset
 
-from . import digitstyles
+from . import digitstyles, splits
 
 DATASETS = ["DigitStyles"]
 
@@ -21,22 +20,15 @@ class ImageFolderEnv(torch.utils.data.Dataset):
     ``transform`` maps a PIL image to the network's input tensor; it is also what readers of synthetic images
     of this env apply, so real and synthetic images reach the network the same way.
     """
-    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-    def __init__(self, root, transform, classes=None):
+    def __init__(self, root, transform):
         self.root = root
         self.transform = transform
-        self.classes = classes or sorted(e.name for e in os.scandir(root) if e.is_dir())
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = []
-        for c in self.classes:
-            folder = os.path.join(root, c)
-            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(self.EXTENSIONS)) \
-                if os.path.isdir(folder) else []
-            if not names:
-                raise FileNotFoundError(f"class folder {folder} has no images; re-run the dataset's prepare "
-                                        "command or remove the empty folder")
-            self.samples += [(os.path.join(folder, n), self.class_to_idx[c]) for n in names]
+        try:  # ImageFolder's own listing: the generator computes DomainBed's splits over the same order
+            self.samples = splits.env_samples(root)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{root}: {error} Re-run the dataset's prepare command or remove the empty "
+                                    "folder.") from None
+        self.classes, self.class_to_idx = splits.find_classes(root)
         self.imgs = self.samples
         self.targets = [y for _, y in self.samples]
         self._x = torch.stack([transform(self.loader(p)) for p, _ in self.samples])
@@ -57,11 +49,10 @@ class ImageFolderEnv(torch.utils.data.Dataset):
 class DigitStyles(MultipleDomainDataset):
     """Four style domains of scikit-learn's digits (see ``domainbed_diffusion.digitstyles``)."""
     ENVIRONMENTS = list(digitstyles.DOMAINS)
-    INPUT_SHAPE = (3, 28, 28)
+    INPUT_SHAPE = digitstyles.INPUT_SHAPE
     N_STEPS = 201          # ~30 s of ERM on 2 CPU cores at the DigitStyles default batch size
     CHECKPOINT_FREQ = 200  # evaluations at steps 0 and 200: each reads all 1320 images, a tenth of a run
     N_WORKERS = 0          # in-memory tensors: worker processes would only add start-up time
-    MEAN, STD = [0.5] * 3, [0.25] * 3
 
     def __init__(self, root, test_envs, hparams):
         super().__init__()
@@ -76,10 +67,8 @@ class DigitStyles(MultipleDomainDataset):
         if found != self.ENVIRONMENTS:
             raise FileNotFoundError(f"{self.dir} holds env folders {found}, expected {self.ENVIRONMENTS}; "
                                     f"re-run: python -m domainbed_diffusion.digitstyles --data_dir {root}")
-        # normalised inputs: MNIST_CNN leaves its initial plateau several times faster than on [0, 1] pixels
-        transform = transforms.Compose([transforms.Resize(self.INPUT_SHAPE[1:]), transforms.ToTensor(),
-                                        transforms.Normalize(self.MEAN, self.STD)])
-        self.datasets = [ImageFolderEnv(os.path.join(self.dir, env), transform) for env in self.ENVIRONMENTS]
+        self.datasets = [ImageFolderEnv(os.path.join(self.dir, env), digitstyles.network_transform())
+                         for env in self.ENVIRONMENTS]
         self.input_shape = self.INPUT_SHAPE
         self.num_classes = len(self.datasets[0].classes)
         batch_size = (hparams or {}).get("batch_size", 0)

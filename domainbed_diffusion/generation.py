@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .hparams_registry import seed_hash
+from . import splits
 from .methods import cdga, edsam, latent_prior
 from .synthetic import env_folder, safe_name
 
@@ -56,6 +57,7 @@ class Unit:
     """Items made together: their source image(s) are loaded and encoded once."""
     items: List[Item]
     key: str
+    references: Tuple[str, ...] = ()  # the images a method fits on (latent-prior's prior), when not the key
 
     @property
     def size(self):
@@ -183,18 +185,22 @@ class CDGAImageGuidedMethod(CDGAPromptGuidedMethod):
     name = "cdga-ig"
 
     def params(self):
-        return dict(super().params(), guide_mix=self.cfg.guide_mix)
+        return dict(super().params(), guide_mix=self.cfg.guide_mix, holdout_fraction=self.cfg.holdout_fraction)
 
     def plan(self, sources, envs):
-        pools = {}  # (env, class) -> its image paths, sorted once
+        """Guides are drawn from the images in the training split of every planned trial, so a run of any of
+        those trials loses no pair to a guide in its validation split."""
+        validation = sources.validation(self.cfg.trial_seeds, self.cfg.holdout_fraction)
+        pools = {}  # (env, class) -> its usable guide paths, sorted once
 
         def guidance(image, guide_env, k):
             key = (guide_env, image.class_name)
             if key not in pools:
-                pools[key] = sorted(g.rel_path for g in sources.by_env_class.get(key, []))
+                pools[key] = sorted(g.rel_path for g in sources.by_env_class.get(key, [])
+                                    if not any(g.rel_path in v[guide_env] for v in validation.values()))
             guide = cdga.choose_guide(pools[key], f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}",
                                       presorted=True)
-            # env j may have no image of this class: no item then
+            # env j may have no (usable) image of this class: no item then
             return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
         return self.pair_units(sources, envs, guidance)
 
@@ -271,17 +277,29 @@ class LatentPriorMethod(Method):
         return max(1, min(self.cfg.steps, round(self.cfg.mix_fraction * self.cfg.steps)))
 
     def plan(self, sources, envs):
-        for env in envs:
-            for class_name in sources.class_names:
-                refs = sources.by_env_class.get((env, class_name), [])
-                if len(refs) < self.min_references:
-                    continue
-                n = max(1, round(self.cfg.samples_per_image * len(refs)))
-                items = [Item(file=_file(self.name, env, None, class_name, f"prior_{k:06d}"), method=self.name,
-                              source_env=env, class_name=class_name, sample=k, seed=self.seed(env, class_name, k),
-                              prompt=cdga.class_prompt(class_name), params=self.params())
-                         for k in range(n)]
-                yield Unit(items, f"{env}/{class_name}")
+        """Per planned trial, per (env, class): a prior fitted on that trial's training split only, so no
+        validation image shapes what a run of that trial trains on; records carry the split's digest."""
+        c = self.cfg
+        for trial, validation in sources.validation(c.trial_seeds, c.holdout_fraction).items():
+            for env in envs:
+                split = dict(holdout_fraction=c.holdout_fraction, validation_digest=splits.digest(validation[env]))
+                if trial is not None:
+                    split["trial_seed"] = trial
+                for class_name in sources.class_names:
+                    refs = [r.rel_path for r in sources.by_env_class.get((env, class_name), [])
+                            if r.rel_path not in validation[env]]
+                    if len(refs) < self.min_references:
+                        continue
+                    key = f"{env}/{class_name}" if trial is None else f"trial{trial}/{env}/{class_name}"
+                    prefix = "prior" if trial is None else f"t{trial}_prior"
+                    n = max(1, round(c.samples_per_image * len(refs)))
+                    items = [Item(file=_file(self.name, env, None, class_name, f"{prefix}_{k:06d}"),
+                                  method=self.name, source_env=env, class_name=class_name, sample=k,
+                                  seed=self.seed(env, class_name, k) if trial is None else
+                                  self.seed(trial, env, class_name, k),
+                                  prompt=cdga.class_prompt(class_name), params=dict(self.params(), **split))
+                             for k in range(n)]
+                    yield Unit(items, key, tuple(refs))
 
     def run(self, model, units, sources, report):
         results = []
@@ -291,8 +309,7 @@ class LatentPriorMethod(Method):
 
     def run_group(self, model, unit, sources, report):
         first = unit.items[0]
-        refs = [r.rel_path for r in sources.by_env_class[(first.source_env, first.class_name)]]
-        pixels, ok = sources.load(refs, self.cfg.resolution, report)
+        pixels, ok = sources.load(list(unit.references), self.cfg.resolution, report)
         if pixels is None or len(ok) < self.min_references:
             report(f"latent-prior: fewer than {self.min_references} readable images in {unit.key}, skipped")
             return []
@@ -332,7 +349,7 @@ class Option:
     default: Any
     type: Callable = str
     help: str = ""
-    nargs: Optional[int] = None
+    nargs: Any = None
 
 
 @dataclass(frozen=True)
@@ -366,6 +383,11 @@ class MethodSpec:
 
 
 IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)")
+# DomainBed's train/validation split of the trials a sweep will run: what a method fits on an env comes from it
+TRIAL_SEEDS = Option("trial_seeds", list(splits.TRIAL_SEEDS), int, "CDGA-IG, latent-prior: the sweep's trial "
+                     "seeds, whose train/validation splits guides and priors must respect", nargs="+")
+HOLDOUT_FRACTION = Option("holdout_fraction", splits.HOLDOUT_FRACTION, float, "CDGA-IG, latent-prior: the "
+                          "train script's --holdout_fraction")
 # Sampling: the papers' where they say (ED-SAM: 10 DDIM steps at 256 px; CDGA: SD's img2img defaults at about
 # DomainBed's input size), and small ones for the embedded DigitStyles model.
 CDGA_SAMPLING = dict(steps=50, strength=0.75, guidance=7.5, resolution=256)
@@ -380,7 +402,8 @@ SPECS = {spec.name: spec for spec in (
         Option("prompt_template", cdga.PROMPT_TEMPLATE, str, "CDGA-PG prompt template"))),
     MethodSpec("cdga-ig", "CDGA_IG", CDGAImageGuidedMethod, CDGA_SAMPLING, EMBEDDED_IMG2IMG, (
         IMAGES_PER_PAIR,
-        Option("guide_mix", 1.0, float, "CDGA-IG: how far to move toward the guide's statistics"))),
+        Option("guide_mix", 1.0, float, "CDGA-IG: how far to move toward the guide's statistics"),
+        TRIAL_SEEDS, HOLDOUT_FRACTION)),
     MethodSpec("edsam", "EDSAM", EDSAMMethod, INVERSION_SAMPLING, EMBEDDED_INVERSION, (
         Option("num_samples", 10, int, "ED-SAM: M samples per image"),
         Option("rho", 0.5, float, "ED-SAM: transport distance bound")), fixed=dict(strength=1.0)),
@@ -390,7 +413,8 @@ SPECS = {spec.name: spec for spec in (
         Option("tolerance", latent_prior.DEFAULT_TOLERANCE, float, "latent-prior: tolerances of the pairwise "
                "distance (relative), the pairwise angle and the angle to origin (degrees)", nargs=3),
         Option("samples_per_image", 1.0, float, "latent-prior: images per reference image"),
-        Option("max_tries", 20, int, "latent-prior: candidates drawn per wanted image, at most")),
+        Option("max_tries", 20, int, "latent-prior: candidates drawn per wanted image, at most"),
+        TRIAL_SEEDS, HOLDOUT_FRACTION),
         fixed=dict(strength=1.0)),
 )}
 METHODS = tuple(SPECS)
@@ -410,6 +434,10 @@ class TensorSources:
                 self.pixels[source.rel_path] = image
                 self.images.append(source)
                 self.by_env_class.setdefault((env, source.class_name), []).append(source)
+
+    def validation(self, trial_seeds, holdout_fraction):
+        """The tensors given are what the run trains on: one split, with nothing held out."""
+        return {None: {env: set() for env in self.env_names}}
 
     def load(self, rel_paths, resolution, report):
         if not rel_paths:

@@ -13,6 +13,9 @@ from .digitstyles import DATASET as DIGITSTYLES
 
 ALGORITHMS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
 SYNTHETIC_ALGORITHMS = ["CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior"]
+# CDGA: ERM on the union of real and synthetic images; ED-SAM: Eq. 11's equal real and synthetic terms; the
+# latent-prior study trains no classifier, so its images are used as CDGA uses its own: added to the data.
+SYNTHETIC_MODES = {"CDGA_PG": "union", "CDGA_IG": "union", "EDSAM": "balanced", "LatentPrior": "union"}
 CPU_DATASETS = [DIGITSTYLES, "Debug28", "Debug224"]  # run with the embedded diffusion model
 PAPERS_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
 EMBEDDED_MODEL = "embedded"
@@ -45,6 +48,8 @@ def extend(hparams, algorithm, dataset, random_seed):
         _redefine("lr", 3e-4, lambda r: 10 ** r.uniform(-4.5, -2.5))
         _redefine("weight_decay", 0.0, lambda r: 0.0)
         _redefine("batch_size", 8, lambda r: int(2 ** r.uniform(3, 4.5)))
+        # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
+        _hparam("pretrained_featurizer", "embedded", lambda r: "embedded")
 
     if algorithm == "MIRO":
         # MIRO's per-dataset recipe (ResNet-50, no SWAD); its search grid for the regularisation weight.
@@ -61,7 +66,9 @@ def extend(hparams, algorithm, dataset, random_seed):
         # "" means <data_dir>/synthetic, where `python -m offline_generation` writes by default.
         _hparam("synthetic_root", "", lambda r: "")
         _hparam("synthetic_weight", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.5)))
-        _hparam("synthetic_mode", "paired", lambda r: "paired")
+        # compute-matched by default (ERM's images per step), mixed as each paper trains (see SyntheticERM)
+        mode = SYNTHETIC_MODES[algorithm]
+        _hparam("synthetic_mode", mode, lambda r: mode)
 
     if algorithm in ("CDGA_PG", "CDGA_IG"):
         _hparam("cdga_images_per_pair", 1, lambda r: 1)

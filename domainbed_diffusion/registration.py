@@ -1,7 +1,8 @@
 """Registration of the plugin into DomainBed's modules, without editing DomainBed.
 
 DomainBed looks algorithms up with ``globals()`` in ``domainbed.algorithms``, hyperparameters in
-``domainbed.hparams_registry._hparams``, datasets with ``globals()`` in ``domainbed.datasets`` and launchers in
+``domainbed.hparams_registry._hparams``, datasets with ``globals()`` in ``domainbed.datasets``, featurizers with
+``domainbed.networks.Featurizer`` (wrapped to load a pretrained one) and launchers in
 ``domainbed.command_launchers.REGISTRY``. Each handler below extends one of those modules right after it has
 executed; every handler is idempotent, so registering twice is harmless.
 """
@@ -73,6 +74,11 @@ def _misc(module):
     module.split_dataset = split_dataset
 
 
+def _networks(module):
+    from . import pretrained
+    module.Featurizer = pretrained.wrap(module.Featurizer)
+
+
 def _command_launchers(module):
     from . import launchers as ours
     for name, launcher in ours.REGISTRY.items():
@@ -81,6 +87,7 @@ def _command_launchers(module):
 
 _HANDLERS = {
     "domainbed.lib.misc": _misc,
+    "domainbed.networks": _networks,
     "domainbed.datasets": _datasets,
     "domainbed.hparams_registry": _hparams_registry,
     "domainbed.algorithms": _algorithms,

@@ -152,13 +152,17 @@ class SyntheticDomains:
         return open_index(self.dataset_root, method, build_if_missing, error=SyntheticDataError)
 
     def select(self, method, env_names, class_names, test_envs, training_sources=None, allow_test_guides=False,
-               where=None):
+               where=None, validation_digests=None):
         """Records usable by a run: ``{training env index: Selection}``, read through the method's index.
 
         A record is dropped when its source env or guide env is a test env (guides allowed only with
         ``allow_test_guides``, CDGA's starred variant), or, given ``training_sources`` (env index -> set of
         image paths relative to the dataset root that the run trains on), when its source or guide image is
         not one of them. ``where(index)`` returns a boolean mask over the index's rows (method parameters).
+        Given ``validation_digests`` (env index -> ``splits.digest`` of the run's validation split), a record
+        fitted on a split (``validation_digest``: latent-prior) is kept only if it is this run's split of its env;
+        records without one are dropped. Each ``Selection`` counts its env's pairs lost to a guide outside the
+        run's training split (``guides_not_trained``).
         """
         index = self.index(method)
         env_of = _vocabulary_map(index.envs, env_names, "env", self.dataset_root, index,
@@ -182,12 +186,21 @@ class SyntheticDomains:
             has_source = index.source >= 0
             keep &= ~has_source | (trained_env[index.source] == source_env)
             checked_guide = (index.guide >= 0) & (guide_env >= 0) & ~guided_by_test
-            keep &= ~checked_guide | (trained_env[index.guide] == guide_env)
+            guide_ok = ~checked_guide | (trained_env[index.guide] == guide_env)
+            lost_guides = keep & ~guide_ok
+            keep &= guide_ok
+        else:
+            lost_guides = np.zeros(len(keep), dtype=bool)
+        if validation_digests is not None:
+            run_digest = np.full(len(env_names), np.nan)
+            for env, value in validation_digests.items():
+                run_digest[env] = float(value)
+            keep &= index.param("validation_digest") == run_digest[source_env]  # NaN (no split) never equal
         if where is not None:
             keep &= np.asarray(where(index), dtype=bool)
         labels = class_of[index.class_]
         return {i: Selection(self.dataset_root, index, np.flatnonzero(keep & (source_env == i)),
-                             labels[keep & (source_env == i)])
+                             labels[keep & (source_env == i)], int((lost_guides & (source_env == i)).sum()))
                 for i in range(len(env_names)) if i not in test_envs}
 
 
@@ -207,9 +220,10 @@ class Selection:
     """The rows of an index that one training env of a run may use, and their class labels (numpy arrays, so
     DataLoader workers share them without copying)."""
 
-    def __init__(self, dataset_root, index, rows, labels):
+    def __init__(self, dataset_root, index, rows, labels, guides_not_trained=0):
         self.dataset_root, self.index = dataset_root, index
         self.rows, self.labels = rows.astype(np.int64), labels.astype(np.int64)
+        self.guides_not_trained = guides_not_trained  # pairs dropped: guide in the run's validation split
 
     def __len__(self):
         return len(self.rows)

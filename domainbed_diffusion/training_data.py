@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from . import synthetic
+from . import splits, synthetic
 from .hparams_registry import CPU_DATASETS, EMBEDDED_MODEL, PAPERS_MODEL
 
 
@@ -59,18 +59,25 @@ def dataset_root_of(ctx):
     return roots.pop() if len(roots) == 1 else None
 
 
-def training_sources(ctx):
-    """env index -> paths (relative to the dataset folder) of the images this run trains on."""
+def _relative_paths(ctx, env_index, keys):
     root = dataset_root_of(ctx)
     prefix = os.path.join(root, "")
-    out = {}
-    for i in ctx.train_envs:
-        env = ctx.dataset[i]
-        paths = (env.samples[k][0] for k in ctx.training_keys(i))
-        # slicing the common prefix, not os.path.relpath: DomainNet has 470k training images
-        out[i] = {(p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)).replace(os.sep, "/")
-                  for p in paths}
-    return out
+    env = ctx.dataset[env_index]
+    paths = (env.samples[k][0] for k in keys)
+    # slicing the common prefix, not os.path.relpath: DomainNet has 470k training images
+    return {(p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)).replace(os.sep, "/")
+            for p in paths}
+
+
+def training_sources(ctx):
+    """env index -> paths (relative to the dataset folder) of the images this run trains on."""
+    return {i: _relative_paths(ctx, i, ctx.training_keys(i)) for i in ctx.train_envs}
+
+
+def validation_digests(ctx):
+    """env index -> ``splits.digest`` of the run's validation split of that training env (empty if unsplit)."""
+    return {i: splits.digest(_relative_paths(ctx, i, getattr(ctx.splits.get(i, (None,))[0], "keys", [])))
+            for i in ctx.train_envs}
 
 
 # -- synthetic minibatches ----------------------------------------------------------------------------------
@@ -113,18 +120,29 @@ class SyntheticStream:
         return [next(loader) for loader in self.loaders]
 
 
-def generator_command(ctx, method, hparams):
+def generator_command(ctx, method, hparams, extra=()):
     """The generator command line that makes what a run of ``method`` needs."""
     model = EMBEDDED_MODEL if ctx.dataset_name in CPU_DATASETS else PAPERS_MODEL
     parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
-             "--methods", method, "--model", model]
+             "--methods", method, "--model", model, *extra]
     if hparams.get("synthetic_root"):
         parts += ["--output_dir", hparams["synthetic_root"]]
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
-def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test_guides=False):
-    """Leak-free synthetic items per training env, read through the manifests; clear errors when missing."""
+def run_split_arguments(ctx):
+    """``--trial_seeds``/``--holdout_fraction`` of this run, for the generator command (when known)."""
+    args = ctx.train_args
+    if args is None or getattr(args, "trial_seed", None) is None:
+        return []
+    return ["--trial_seeds", str(args.trial_seed), "--holdout_fraction", str(args.holdout_fraction)]
+
+
+def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test_guides=False, per_split=False):
+    """Leak-free synthetic items per training env, read through the manifests; clear errors when missing.
+
+    ``per_split``: the method's images were fitted on one train/validation split (latent-prior); only those
+    fitted on this run's own split are used."""
     root = hparams.get("synthetic_root") or synthetic.default_root(ctx.data_dir)
     domains = synthetic.SyntheticDomains(root, ctx.dataset_name)
     command = generator_command(ctx, method, hparams)
@@ -136,10 +154,24 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     try:
         selected = domains.select(method, ctx.env_names, ctx.class_names, ctx.test_envs,
                                   training_sources=training_sources(ctx), allow_test_guides=allow_test_guides,
-                                  where=where)
+                                  where=where, validation_digests=validation_digests(ctx) if per_split else None)
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
     empty = [ctx.env_names[i] for i, items in selected.items() if not items]
+    if empty and per_split:
+        args = ctx.train_args
+        which = (f"trial seed {args.trial_seed}, holdout fraction {args.holdout_fraction}"
+                 if args is not None else "this process's split")
+        raise synthetic.SyntheticDataError(
+            f"{algorithm_name}: no {method} image of {ctx.dataset_name} under {domains.dataset_root} was fitted on "
+            f"this run's train/validation split of env(s) {empty} ({which}). Its images are fitted per trial, on "
+            f"the training split only, so that no validation image shapes the training data. Generate this "
+            f"trial's with:\n    {generator_command(ctx, method, hparams, run_split_arguments(ctx))}")
+    lost = sum(items.guides_not_trained for items in selected.values())
+    if lost:
+        total = lost + sum(len(items) for items in selected.values())
+        print(f"{algorithm_name}: {lost} of {total} {method} pairs are not used: their guide is in this run's "
+              f"validation split (generate with this run's trial in --trial_seeds to avoid it)", flush=True)
     if empty:
         raise synthetic.SyntheticDataError(
             f"{algorithm_name}: no usable {method} image for training env(s) {empty} of {ctx.dataset_name} under "
@@ -161,10 +193,10 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     model = LatentDiffusion.from_pretrained(EMBEDDED_MODEL, device="cpu", dtype="float32")
     mapping = PixelMapping(None, ctx.input_shape)
     envs = [ctx.env_names[i] for i in ctx.train_envs]
-    sources = TensorSources(ctx.dataset_name, [mapping.to_pixels(torch.stack([x for x, _ in ctx.dataset[i]]).float())
-                                               for i in ctx.train_envs],
-                            [torch.tensor([int(y) for _, y in ctx.dataset[i]]) for i in ctx.train_envs],
-                            envs, ctx.class_names)
+    parts = [ctx.training_split(i) for i in ctx.train_envs]  # the run's training images only: no leak
+    sources = TensorSources(ctx.dataset_name, [mapping.to_pixels(torch.stack([x for x, _ in split]).float())
+                                               for split in parts],
+                            [torch.tensor([int(y) for _, y in split]) for split in parts], envs, ctx.class_names)
     # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
     cfg = SPECS[method].config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
                                num_samples=int(hparams.get("edsam_m", 10)), rho=hparams.get("edsam_rho", 0.5),

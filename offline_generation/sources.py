@@ -11,6 +11,7 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, ImageFile
 
+from domainbed_diffusion import splits
 from domainbed_diffusion.generation import SourceImage
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not silently padded
@@ -30,9 +31,19 @@ class DatasetFolder:
     images: List[SourceImage]
     by_env_class: Dict[tuple, List[SourceImage]] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    _validation: dict = field(default_factory=dict, repr=False)
 
     def path(self, image):
         return os.path.join(self.root, image.rel_path)
+
+    def validation(self, trial_seeds, holdout_fraction):
+        """``{trial seed: {env: validation image paths}}``: DomainBed's train script's split of every env, over
+        the whole env folder (``--max_per_class`` limits the sources, not the split)."""
+        key = (tuple(trial_seeds), float(holdout_fraction))
+        if key not in self._validation:
+            self._validation[key] = splits.validation_paths(self.root, self.env_names, trial_seeds,
+                                                            holdout_fraction)
+        return self._validation[key]
 
     def load(self, rel_paths, resolution, report):
         """Images as a (B, 3, R, R) float tensor in [0, 1], and the indices of those that could be read (the
