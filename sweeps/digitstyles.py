@@ -31,12 +31,11 @@ Get it once, then run this command again (it resumes):
     export PYTHONPATH=~/DomainBed:$PYTHONPATH
 """
 
-# Full: two trials of the DigitStyles defaults on every image (about 40 minutes of sweep on 2 cores); quick: one
-# shorter trial on synthetic domains made from the first 10 images per (env, class), kept in their own folder so
-# the full job never mixes them in.
+# Full: three trials of the DigitStyles defaults on every image; quick: one short trial on synthetic domains made
+# from the first 10 images per (env, class), kept in their own folder so the full job never mixes them in.
 PROFILES = {
-    "full": dict(trials=2, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
-    "quick": dict(trials=1, steps=100, edsam_m=2, max_per_class=10, synthetic="synthetic-quick"),
+    "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
+    "quick": dict(trials=1, steps=40, edsam_m=2, max_per_class=10, synthetic="synthetic-quick"),
 }
 
 
@@ -55,20 +54,85 @@ def sweep_args(data_dir, sweep_dir, profile):
     return args
 
 
-def test_accuracies(sweep_dir):
-    """{algorithm: {test env: (mean, sem, n)}} of test-env accuracy under training-domain validation."""
+def summarize(sweep_dir):
+    """Per algorithm: test-env accuracy under training-domain validation (mean, standard error, trials) per test
+    env and averaged over them, and its cost: images per step and seconds per step (also relative to ERM's)."""
     import numpy as np
     from domainbed import model_selection
     from domainbed.lib import reporting
     records = reporting.load_records(sweep_dir)
-    groups = reporting.get_grouped_records(records)
     out = {}
-    for group in groups:
+    for group in reporting.get_grouped_records(records):
         acc = model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])
         if acc is not None:
-            out.setdefault(group["algorithm"], {}).setdefault(group["test_env"], []).append(acc)
-    return {a: {e: (float(np.mean(v)), float(np.std(v) / np.sqrt(len(v))), len(v)) for e, v in envs.items()}
-            for a, envs in out.items()}
+            out.setdefault(group["algorithm"], {}).setdefault(group["test_env"], {})[group["trial_seed"]] = acc
+    last = {}  # each run's last checkpoint: its step_time and images averaged over the steps since the one before
+    for r in records:
+        key = (r["args"]["algorithm"], tuple(r["args"]["test_envs"]), r["args"]["trial_seed"])
+        if key not in last or r["step"] > last[key]["step"]:
+            last[key] = r
+    summary = {}
+    for algorithm, envs in out.items():
+        per_env = {int(e): _mean_sem(list(t.values())) for e, t in envs.items()}
+        trials = sorted(set.intersection(*(set(t) for t in envs.values())))
+        average = _mean_sem([np.mean([envs[e][t] for e in envs]) for t in trials])  # per trial, over test envs
+        runs = [r for (a, _, _), r in last.items() if a == algorithm]
+        # our algorithms report the images of each step; DomainBed's ERM takes batch_size from each training env
+        images = [r["images"] if "images" in r else r["hparams"]["batch_size"] * _train_envs(r) for r in runs]
+        summary[algorithm] = dict(test_env=per_env, average=average, images_per_step=float(np.mean(images)),
+                                  seconds_per_step=float(np.mean([r["step_time"] for r in runs])), runs=len(runs))
+    erm = summary.get("ERM")
+    for row in summary.values():
+        row["seconds_vs_erm"] = row["seconds_per_step"] / erm["seconds_per_step"] if erm else None
+        row["images_vs_erm"] = row["images_per_step"] / erm["images_per_step"] if erm else None
+    return summary
+
+
+def _train_envs(record):
+    from domainbed import datasets
+    return datasets.num_environments(record["args"]["dataset"]) - len(record["args"]["test_envs"])
+
+
+def _mean_sem(values):
+    import numpy as np
+    values = np.asarray(values, dtype=float)
+    sem = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return dict(mean=float(values.mean()), sem=sem, n=int(len(values)))
+
+
+def versus_erm(row, erm):
+    """The difference of average accuracy with ERM's, its standard error, and whether it exceeds two of them."""
+    diff = row["average"]["mean"] - erm["average"]["mean"]
+    se = (row["average"]["sem"] ** 2 + erm["average"]["sem"] ** 2) ** 0.5
+    return diff, se, bool(abs(diff) > 2 * se)
+
+
+def results_table(summary, env_names):
+    """The main job's table: accuracy per test env and on average (%, mean +/- standard error, trials), the
+    difference with ERM, and the cost of each row."""
+    def cell(v):
+        return f"{100 * v['mean']:.1f} +/- {100 * v['sem']:.1f}" if v["n"] > 1 else f"{100 * v['mean']:.1f}"
+    header = ["Algorithm", *env_names, "Avg", "vs ERM", "trials", "img/step", "s/step", "x ERM"]
+    rows = []
+    erm = summary.get("ERM")
+    for algorithm in [a for a in ALGORITHMS if a in summary]:
+        row = summary[algorithm]
+        envs = [cell(row["test_env"][e]) if e in row["test_env"] else "-" for e in range(len(env_names))]
+        if erm and algorithm != "ERM":
+            diff, se, significant = versus_erm(row, erm)
+            vs = f"{100 * diff:+.1f} +/- {100 * se:.1f}{' *' if significant else ''}"
+        else:
+            vs = ""
+        trials = min(v["n"] for v in row["test_env"].values())
+        rows.append([algorithm, *envs, cell(row["average"]), vs, str(trials), f"{row['images_per_step']:.0f}",
+                     f"{row['seconds_per_step']:.3f}",
+                     f"{row['seconds_vs_erm']:.2f}" if row["seconds_vs_erm"] else ""])
+    widths = [max(len(r[k]) for r in [header] + rows) for k in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    lines.append("Test-env accuracy (%), training-domain validation, mean +/- standard error over trials; Avg: "
+                 "per trial over test envs. vs ERM: difference of Avg, * where it exceeds two standard errors. "
+                 "img/step: images through the network per step; s/step: measured, x ERM: relative to ERM's.")
+    return "\n".join(lines)
 
 
 def bar_chart(accuracies, env_names, path):
@@ -79,28 +143,25 @@ def bar_chart(accuracies, env_names, path):
     algorithms = [a for a in ALGORITHMS if a in accuracies]
     groups = list(range(len(env_names))) + ["avg"]
     bar, gap, left, top, height = 14, 24, 60, 40, 300
-    width = left + len(groups) * (len(algorithms) * bar + gap) + 160
+    width = left + len(groups) * (len(algorithms) * bar + gap) + 200
     image = Image.new("RGB", (width, top + height + 60), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((left, 8), "DigitStyles: test-env accuracy (training-domain validation)", fill="black")
+    draw.text((left, 8), "DigitStyles: test-env accuracy (training-domain validation), mean and standard error; "
+                         "(Nx): seconds per step relative to ERM", fill="black")
     for tick in range(0, 101, 20):
         y = top + height - tick * height / 100
-        draw.line([(left - 4, y), (width - 160, y)], fill=(225, 225, 225))
+        draw.line([(left - 4, y), (width - 200, y)], fill=(225, 225, 225))
         draw.text((left - 30, y - 6), f"{tick}%", fill="black")
     for g, env in enumerate(groups):
         x0 = left + g * (len(algorithms) * bar + gap) + gap // 2
         label = "average" if env == "avg" else env_names[env]
         draw.text((x0, top + height + 8), label, fill="black")
         for k, algorithm in enumerate(algorithms):
-            per_env = accuracies[algorithm]
-            if env == "avg":
-                if len(per_env) < len(env_names):
-                    continue
-                mean, sem = sum(v[0] for v in per_env.values()) / len(per_env), 0.0
-            elif env in per_env:
-                mean, sem = per_env[env][0], per_env[env][1]
-            else:
+            row = accuracies[algorithm]
+            value = row["average"] if env == "avg" else row["test_env"].get(env)
+            if value is None:
                 continue
+            mean, sem = value["mean"], (value["sem"] if value["sem"] == value["sem"] else 0.0)
             x = x0 + k * bar
             y = top + height - mean * height
             draw.rectangle([x, y, x + bar - 2, top + height], fill=colors[k % len(colors)])
@@ -108,8 +169,9 @@ def bar_chart(accuracies, env_names, path):
                 draw.line([(x + bar // 2 - 1, y - sem * height), (x + bar // 2 - 1, y + sem * height)], fill="black")
     for k, algorithm in enumerate(algorithms):
         y = top + 10 + 16 * k
-        draw.rectangle([width - 150, y, width - 140, y + 10], fill=colors[k % len(colors)])
-        draw.text((width - 134, y - 1), algorithm, fill="black")
+        draw.rectangle([width - 190, y, width - 180, y + 10], fill=colors[k % len(colors)])
+        cost = accuracies[algorithm].get("seconds_vs_erm")
+        draw.text((width - 174, y - 1), f"{algorithm}" + (f" ({cost:.1f}x)" if cost else ""), fill="black")
     image.save(path)
     return path
 
@@ -120,8 +182,9 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
     parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs (default: 2 or cores)")
-    parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 2, quick 1")
-    parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' 201, quick 100")
+    parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
+    parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' N_STEPS, "
+                                                                 "quick 40")
     args = parser.parse_args(argv)
     profile = dict(PROFILES["quick" if args.quick else "full"])
     profile.update({k: v for k, v in (("trials", args.trials), ("steps", args.steps)) if v})
@@ -142,7 +205,8 @@ def main(argv=None):
     from offline_generation.cli import main as generate
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
-                     "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64"]
+                     "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64",
+                     "--trial_seeds", *map(str, range(profile["trials"]))]
                     + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     if code:
         return code
@@ -165,13 +229,15 @@ def main(argv=None):
     step("5/5 results")
     result = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
                             env=env, check=True, capture_output=True, text=True)
+    summary = summarize(sweep_dir)
+    table = results_table(summary, digitstyles.DOMAINS)
     print(result.stdout)
+    print(table)
     with open(os.path.join(out, "results.txt"), "w") as f:
-        f.write(result.stdout)
-    accuracies = test_accuracies(sweep_dir)
+        f.write(result.stdout + "\n" + table + "\n")
     with open(os.path.join(out, "accuracies.json"), "w") as f:
-        json.dump(accuracies, f, indent=1)
-    chart = bar_chart(accuracies, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
+        json.dump(summary, f, indent=1)
+    chart = bar_chart(summary, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
     print(f"wrote {os.path.join(out, 'results.txt')}, {chart} and {os.path.join(out, 'preview.png')}")
     print(f"main job finished in {(time.time() - start) / 60:.1f} min")
     return 0

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import sysconfig
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from domainbed_diffusion.generation import SPECS
 
@@ -311,3 +313,166 @@ def test_an_algorithm_never_filters_against_another_datasets_test_env(synthetic_
     third = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], own)
     assert cls(third.input_shape, 10, 3, own).run_context.test_envs == [3]
     assert second is not None
+
+
+# -- a fair comparison: compute matching, leak-free priors, the pretrained featurizer --------------------------
+def test_generator_split_is_domainbeds_split(digitstyles_dir):
+    """``splits`` (no DomainBed) gives the train script's validation split of every env, for any trial seed."""
+    from domainbed_diffusion import splits
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], {})
+    validation = splits.validation_paths(dataset.dir, dataset.ENVIRONMENTS, [0, 1, 7], 0.2)
+    for i, env in enumerate(dataset):
+        assert [p for p, _ in env.samples] == [p for p, _ in splits.env_samples(env.root)]
+        for trial in (0, 1, 7):
+            out, _ = misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
+            assert validation[trial][dataset.ENVIRONMENTS[i]] == {
+                os.path.relpath(env.samples[k][0], dataset.dir) for k in out.keys}
+    assert validation[0]["ink"] != validation[1]["ink"]
+
+
+@pytest.mark.parametrize("name", list(SYNTHETIC))
+def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digitstyles, name):
+    hparams = hparams_registry.default_hparams(name, "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
+    misc_splits = [misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i)) for i, env in enumerate(dataset)]
+    minibatches = _minibatches(dataset, hparams["batch_size"], [1, 2, 3])
+    erm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
+    erm_images = sum(len(x) for x, _ in minibatches)  # what ERM's update puts through the network
+    algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+    assert hparams["synthetic_mode"] == ("balanced" if name == "EDSAM" else "union")
+    assert algorithm.update(minibatches)["images"] == erm_images == 3 * hparams["batch_size"]
+    erm.update(minibatches)
+    # union: each slot is synthetic with the synthetic share of the env's union; balanced: exactly half
+    share = algorithm.synthetic_share[0]
+    n_synthetic = len(algorithm.synthetic.datasets[0])
+    assert share == pytest.approx(n_synthetic / (n_synthetic + len(misc_splits[1][1])))
+    slots = [algorithm.synthetic_slots(8, share) for _ in range(3000)]
+    expected = 4 if name == "EDSAM" else 8 * share
+    assert abs(sum(slots) / len(slots) - expected) < 0.1
+    paired = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="paired"))
+    assert paired.update(minibatches)["images"] == 2 * erm_images
+    with pytest.raises(ValueError, match="synthetic_mode='concat'"):
+        algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="concat"))
+
+
+def _copy_tree(src, dst, per_class):
+    """DigitStyles with the first ``per_class`` images of each (env, class)."""
+    import shutil
+    for env in sorted(os.listdir(src)):
+        if not os.path.isdir(os.path.join(src, env)):
+            continue
+        for cls in sorted(os.listdir(os.path.join(src, env))):
+            os.makedirs(os.path.join(dst, env, cls))
+            for name in sorted(os.listdir(os.path.join(src, env, cls)))[:per_class]:
+                shutil.copy(os.path.join(src, env, cls, name), os.path.join(dst, env, cls, name))
+
+
+def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_dir, tmp_path):
+    """Changing a validation image of trial 0 changes no trial-0 prior image; changing a training image does;
+    a run takes the images of its own split, and a trial that was not generated is an error naming it."""
+    from offline_generation.cli import main
+    from domainbed_diffusion import splits
+    from domainbed_diffusion.synthetic import SyntheticDataError, read_manifests
+    data = str(tmp_path / "data")
+    _copy_tree(os.path.join(digitstyles_dir, "DigitStyles"), os.path.join(data, "DigitStyles"), per_class=5)
+    root = os.path.join(data, "DigitStyles")
+    validation = splits.validation_paths(root, sorted(os.listdir(root)), [0], 0.2)[0]["ink"]
+    args = ["--dataset", "DigitStyles", "--data_dir", data, "--methods", "latent-prior", "--envs", "ink",
+            "--trial_seeds", "0", "--tolerance", "1", "90", "90", "--max_tries", "2", "--batch_size", "16"]
+
+    def made(name):
+        assert main(args + ["--output_dir", str(tmp_path / name)]) == 0
+        out = {}
+        for record in read_manifests(str(tmp_path / name / "DigitStyles"), "latent-prior"):
+            assert record["params"]["trial_seed"] == 0
+            with open(str(tmp_path / name / "DigitStyles" / record["file"]), "rb") as f:
+                out[record["file"]] = f.read()
+        return out
+
+    def scribble(rel_path, seed):  # other pixels at the same path
+        pixels = np.random.RandomState(seed).randint(0, 255, (32, 32, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(root, rel_path))
+
+    before = made("before")
+    scribble(sorted(validation)[0], 0)
+    assert made("validation_changed") == before
+    trained = next(splits.relative(p, root) for p, _ in splits.env_samples(os.path.join(root, "ink"))
+                   if splits.relative(p, root) not in validation)
+    scribble(trained, 1)
+    changed = made("training_changed")
+    assert any(changed[f] != before[f] for f in before if f"/{trained.split('/')[1]}/" in f)
+
+    # the reader: a run split as trial 0 takes these images; a run split as trial 1 has none and says so
+    hparams = dict(hparams_registry.default_hparams("LatentPrior", "DigitStyles"),
+                   synthetic_root=str(tmp_path / "before"), batch_size=4)
+    latent_prior = algorithms.get_algorithm_class("LatentPrior")
+    for trial in (0, 1):
+        dataset = datasets.get_dataset_class("DigitStyles")(data, [0, 2, 3], hparams)  # trains on ink only
+        for i, env in enumerate(dataset):
+            misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
+        if trial == 0:
+            records = latent_prior(dataset.input_shape, 10, 1, hparams).synthetic.datasets[0].selection.records()
+            assert {r["file"] for r in records} == set(before)
+        else:
+            with pytest.raises(SyntheticDataError, match="fitted on this run's train/validation split"):
+                latent_prior(dataset.input_shape, 10, 1, hparams)
+        del dataset
+
+
+def test_cdga_ig_loses_no_pair_to_a_validation_guide_in_a_planned_trial(synthetic_digitstyles, capsys):
+    hparams = hparams_registry.default_hparams("CDGA_IG", "DigitStyles")
+    for trial in (0, 1, 2):  # the generator's default --trial_seeds
+        dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], hparams)
+        for i, env in enumerate(dataset):
+            misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
+        algorithm = algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
+        assert sum(d.selection.guides_not_trained for d in algorithm.synthetic.datasets) == 0
+        del algorithm, dataset
+    dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], hparams)
+    for i, env in enumerate(dataset):  # a trial the generator did not plan for: pairs are lost, and reported
+        misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(5, i))
+    algorithm = algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
+    lost = sum(d.selection.guides_not_trained for d in algorithm.synthetic.datasets)
+    assert lost > 0 and f"CDGA_IG: {lost} of" in capsys.readouterr().out
+
+
+def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_as_oracle(digitstyles_dir):
+    from domainbed_diffusion import pretrained
+    shipped = torch.load(pretrained.EMBEDDED_PATH, weights_only=True)["featurizer"]
+    for name in ["ERM", "MIRO", "CDGA_PG", "DomainFusion"]:
+        hparams = hparams_registry.default_hparams(name, "DigitStyles")
+        assert hparams["pretrained_featurizer"] == "embedded"
+        if name == "CDGA_PG":
+            continue  # needs synthetic data: the train-script test below covers every algorithm
+        dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+        algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+        assert all(torch.equal(v, shipped[k]) for k, v in algorithm.featurizer.state_dict().items())
+        if name == "MIRO":
+            assert all(torch.equal(v, shipped[k]) for k, v in algorithm.oracle.state_dict().items())
+    scratch = algorithms.get_algorithm_class("ERM")((3, 28, 28), 10, 3, dict(hparams, pretrained_featurizer=""))
+    assert not torch.equal(scratch.featurizer.state_dict()["conv1.weight"], shipped["conv1.weight"])
+    with pytest.raises(FileNotFoundError, match="pretrained_featurizer='/nonexistent.pt'.*python -m "
+                                                "domainbed_diffusion.pretrained"):
+        algorithms.get_algorithm_class("ERM")((3, 28, 28), 10, 3, dict(hparams, pretrained_featurizer="/nonexistent.pt"))
+    # DomainBed's own datasets are untouched: no such hparam, a featurizer from scratch
+    assert "pretrained_featurizer" not in hparams_registry.default_hparams("ERM", "PACS")
+
+
+@needs_install
+def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path):
+    from domainbed_diffusion import pretrained
+    shipped = torch.load(pretrained.EMBEDDED_PATH, weights_only=True)["featurizer"]
+    for name, hparams in (("MIRO", {}), ("ERM", {"pretrained_featurizer": ""})):
+        out = str(tmp_path / name)
+        result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name,
+                      "--data_dir", digitstyles_dir, "--output_dir", out, "--test_envs", "0", "--steps", "1",
+                      "--hparams", json.dumps(hparams)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        state = torch.load(os.path.join(out, "model.pkl"), weights_only=False)["model_dict"]
+        # one Adam step at lr 3e-4 from the shipped weights, or from a random initialisation
+        drift = max((state[f"featurizer.{k}"] - v).abs().max().item() for k, v in shipped.items())
+        if name == "MIRO":
+            assert drift < 1e-2
+            assert all(torch.equal(state[f"oracle.{k}"], v) for k, v in shipped.items())
+        else:
+            assert drift > 0.05
