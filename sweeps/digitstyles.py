@@ -32,10 +32,10 @@ Get it once, then run this command again (it resumes):
 """
 
 # Full: three trials of the DigitStyles defaults on every image; quick: one short trial on synthetic domains made
-# from the first 10 images per (env, class), kept in their own folder so the full job never mixes them in.
+# from the first 5 images per (env, class), kept in their own folder so the full job never mixes them in.
 PROFILES = {
     "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
-    "quick": dict(trials=1, steps=40, edsam_m=2, max_per_class=10, synthetic="synthetic-quick"),
+    "quick": dict(trials=1, steps=40, edsam_m=2, max_per_class=5, synthetic="synthetic-quick"),
 }
 
 
@@ -120,7 +120,7 @@ def results_table(summary, env_names):
         envs = [cell(row["test_env"][e]) if e in row["test_env"] else "-" for e in range(len(env_names))]
         if erm and algorithm != "ERM":
             diff, se, significant = versus_erm(row, erm)
-            vs = f"{100 * diff:+.1f} +/- {100 * se:.1f}{' *' if significant else ''}"
+            vs = f"{100 * diff:+.1f}" + (f" +/- {100 * se:.1f}{' *' if significant else ''}" if se == se else "")
         else:
             vs = ""
         trials = min(v["n"] for v in row["test_env"].values())
