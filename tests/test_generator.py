@@ -243,3 +243,20 @@ def test_torchrun_two_processes_split_the_work(tiny_dataset, tiny_checkpoint, tm
     assert manifests == ["manifest.cdga-pg.shard-00000-of-00002.jsonl", "manifest.cdga-pg.shard-00001-of-00002.jsonl"]
     files = [json.loads(line)["file"] for m in manifests for line in open(os.path.join(out, "Tiny", m))]
     assert len(files) == len(set(files)) == 36
+
+
+def test_guides_and_priors_respect_every_planned_trials_split(generated):
+    """CDGA-IG guides are in the training split of every planned trial (--trial_seeds 0 1 2 by default);
+    latent-prior images carry their trial and the digest of the validation split their prior excluded."""
+    from domainbed_diffusion import splits
+    validation = splits.validation_paths(os.path.join(generated, "Tiny"), ENVS, [0, 1, 2], 0.2)
+    assert all(len(validation[t][env]) == 1 for t in (0, 1, 2) for env in ENVS)  # int(6 * 0.2) of each env
+    records = read_manifests(os.path.join(generated, "synthetic", "Tiny"))
+    guided = [r for r in records if r["method"] == "cdga-ig"]
+    assert guided and all(r["guide"] not in validation[t][r["guide_env"]] for r in guided for t in (0, 1, 2))
+    priors = [r for r in records if r["method"] == "latent-prior"]
+    for r in priors:
+        trial = r["params"]["trial_seed"]
+        assert r["params"]["validation_digest"] == splits.digest(validation[trial][r["source_env"]])
+        assert r["file"].split("/")[-1].startswith(f"t{trial}_prior_")
+    assert {r["params"]["trial_seed"] for r in priors} == {0, 1, 2}
