@@ -58,6 +58,10 @@ class RunContext:
         split = self.training_split(env_index)
         return list(getattr(split, "keys", range(len(self.dataset[env_index]))))
 
+    def validation_keys(self, env_index):
+        """Indices into the env of the images of this run's validation split (none when it was not split)."""
+        return list(self.splits[env_index][0].keys) if env_index in self.splits else []
+
 
 def _train_script_args():
     """The parsed arguments of ``python -m domainbed.scripts.train`` when this process is one."""

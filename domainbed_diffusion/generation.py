@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .hparams_registry import seed_hash
 from . import splits
+from .hparams_registry import seed_hash
 from .methods import cdga, edsam, latent_prior
 from .synthetic import env_folder, safe_name
 
@@ -290,14 +290,14 @@ class LatentPriorMethod(Method):
                             if r.rel_path not in validation[env]]
                     if len(refs) < self.min_references:
                         continue
-                    key = f"{env}/{class_name}" if trial is None else f"trial{trial}/{env}/{class_name}"
-                    prefix = "prior" if trial is None else f"t{trial}_prior"
+                    scope = () if trial is None else (trial,)  # None: tensors that are the run's own split
+                    key = "/".join([*(f"trial{t}" for t in scope), env, class_name])
+                    prefix = "".join(f"t{t}_" for t in scope) + "prior"
                     n = max(1, round(c.samples_per_image * len(refs)))
                     items = [Item(file=_file(self.name, env, None, class_name, f"{prefix}_{k:06d}"),
                                   method=self.name, source_env=env, class_name=class_name, sample=k,
-                                  seed=self.seed(env, class_name, k) if trial is None else
-                                  self.seed(trial, env, class_name, k),
-                                  prompt=cdga.class_prompt(class_name), params=dict(self.params(), **split))
+                                  seed=self.seed(*scope, env, class_name, k), prompt=cdga.class_prompt(class_name),
+                                  params=dict(self.params(), **split))
                              for k in range(n)]
                     yield Unit(items, key, tuple(refs))
 

@@ -38,9 +38,8 @@ def load_into(network, value):
         raise FileNotFoundError(f"pretrained featurizer {path} (hparam pretrained_featurizer={value!r}) does not "
                                 f"exist: rebuild it with `python -m domainbed_diffusion.pretrained --data_dir DIR`, "
                                 f"or set the hparam to \"\" to train from scratch")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     try:
-        network.load_state_dict(checkpoint["featurizer"])
+        network.load_state_dict(_featurizer_weights(path))
     except RuntimeError as error:
         raise RuntimeError(f"pretrained featurizer {path} does not fit {type(network).__name__} (hparam "
                            f"pretrained_featurizer={value!r}; it was trained for DomainBed's MNIST_CNN at "
@@ -48,42 +47,31 @@ def load_into(network, value):
     return network
 
 
+@functools.lru_cache(maxsize=4)
+def _featurizer_weights(path):
+    """Read once per process: MIRO and every algorithm built in a process load the same file."""
+    return torch.load(path, map_location="cpu", weights_only=True)["featurizer"]
+
+
 def wrap(stock_featurizer):
     """DomainBed's ``networks.Featurizer``, loading ``hparams["pretrained_featurizer"]`` when it is set."""
     @functools.wraps(stock_featurizer)
     def Featurizer(input_shape, hparams):
         network = stock_featurizer(input_shape, hparams)
-        value = hparams.get("pretrained_featurizer") if hasattr(hparams, "get") else None
+        value = hparams.get("pretrained_featurizer")
         return load_into(network, value) if value else network
     return Featurizer
 
 
 # -- pretraining ---------------------------------------------------------------------------------------------
-def load_pool(data_dir, styles):
-    """The pool's images of ``styles`` as DigitStyles network inputs, and their labels."""
-    from PIL import Image
-    root = os.path.join(data_dir, digitstyles.POOL)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root} does not exist: write it with python -m domainbed_diffusion.digitstyles "
-                                f"--data_dir {data_dir}")
-    transform = digitstyles.network_transform()
-    xs, ys = [], []
-    for style in styles:
-        for label, cls in enumerate(digitstyles.CLASS_NAMES):
-            folder = os.path.join(root, style, cls)
-            for name in sorted(os.listdir(folder)):
-                with Image.open(os.path.join(folder, name)) as img:
-                    xs.append(transform(img.convert("RGB")))
-                ys.append(label)
-    return torch.stack(xs), torch.tensor(ys)
-
-
 def pretrain(data_dir, out=EMBEDDED_PATH, epochs=15, batch_size=64, lr=3e-4, seed=0, holdout=0.1):
     """Supervised pretraining of MNIST_CNN + a linear head on the pool's non-benchmark styles; saves the
     featurizer's (and head's) weights and returns the held-out pool accuracy."""
     from domainbed import networks
     torch.manual_seed(seed)
-    x, y = load_pool(data_dir, PRETRAINING_STYLES)
+    x, labels = digitstyles.load_pool(data_dir, PRETRAINING_STYLES, digitstyles.network_transform(),
+                                      digitstyles.CLASS_NAMES)
+    y = torch.tensor([digitstyles.CLASS_NAMES.index(cls) for cls, _ in labels])
     order = np.random.RandomState(seed).permutation(len(x))
     n_val = int(len(x) * holdout)
     val, train = order[:n_val], order[n_val:]

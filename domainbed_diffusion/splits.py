@@ -33,15 +33,19 @@ def validation_keys(n, holdout_fraction, trial_seed, env_index):
     return keys[:int(n * holdout_fraction)]
 
 
-def relative(path, dataset_dir):
-    return os.path.relpath(path, dataset_dir).replace(os.sep, "/")
+def relative_paths(paths, dataset_dir):
+    """Image paths relative to the dataset folder, with "/" (the manifests' form); slicing the common prefix,
+    not ``os.path.relpath`` per path: DomainNet has 586k images."""
+    prefix = os.path.join(dataset_dir, "")
+    return [(p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, dataset_dir)).replace(os.sep, "/")
+            for p in paths]
 
 
 def validation_paths(dataset_dir, env_names, trial_seeds, holdout_fraction):
     """``{trial seed: {env: set of validation image paths relative to dataset_dir}}`` for every env."""
     out = {t: {} for t in trial_seeds}
     for i, env in enumerate(env_names):
-        paths = [relative(p, dataset_dir) for p, _ in env_samples(os.path.join(dataset_dir, env))]
+        paths = relative_paths([p for p, _ in env_samples(os.path.join(dataset_dir, env))], dataset_dir)
         for t in trial_seeds:
             out[t][env] = {paths[k] for k in validation_keys(len(paths), holdout_fraction, t, i)}
     return out

@@ -187,10 +187,8 @@ class SyntheticDomains:
             keep &= ~has_source | (trained_env[index.source] == source_env)
             checked_guide = (index.guide >= 0) & (guide_env >= 0) & ~guided_by_test
             guide_ok = ~checked_guide | (trained_env[index.guide] == guide_env)
-            lost_guides = keep & ~guide_ok
-            keep &= guide_ok
         else:
-            lost_guides = np.zeros(len(keep), dtype=bool)
+            guide_ok = np.ones(len(keep), dtype=bool)
         if validation_digests is not None:
             run_digest = np.full(len(env_names), np.nan)
             for env, value in validation_digests.items():
@@ -198,6 +196,8 @@ class SyntheticDomains:
             keep &= index.param("validation_digest") == run_digest[source_env]  # NaN (no split) never equal
         if where is not None:
             keep &= np.asarray(where(index), dtype=bool)
+        lost_guides = keep & ~guide_ok  # records this run would use but for their guide
+        keep &= guide_ok
         labels = class_of[index.class_]
         return {i: Selection(self.dataset_root, index, np.flatnonzero(keep & (source_env == i)),
                              labels[keep & (source_env == i)], int((lost_guides & (source_env == i)).sum()))

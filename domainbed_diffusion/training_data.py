@@ -60,13 +60,8 @@ def dataset_root_of(ctx):
 
 
 def _relative_paths(ctx, env_index, keys):
-    root = dataset_root_of(ctx)
-    prefix = os.path.join(root, "")
-    env = ctx.dataset[env_index]
-    paths = (env.samples[k][0] for k in keys)
-    # slicing the common prefix, not os.path.relpath: DomainNet has 470k training images
-    return {(p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, root)).replace(os.sep, "/")
-            for p in paths}
+    samples = ctx.dataset[env_index].samples
+    return set(splits.relative_paths([samples[k][0] for k in keys], dataset_root_of(ctx)))
 
 
 def training_sources(ctx):
@@ -76,8 +71,7 @@ def training_sources(ctx):
 
 def validation_digests(ctx):
     """env index -> ``splits.digest`` of the run's validation split of that training env (empty if unsplit)."""
-    return {i: splits.digest(_relative_paths(ctx, i, getattr(ctx.splits.get(i, (None,))[0], "keys", [])))
-            for i in ctx.train_envs}
+    return {i: splits.digest(_relative_paths(ctx, i, ctx.validation_keys(i))) for i in ctx.train_envs}
 
 
 # -- synthetic minibatches ----------------------------------------------------------------------------------

@@ -13,10 +13,8 @@ import os
 import re
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from domainbed_diffusion import digitstyles
 from domainbed_diffusion.diffusion import tiny
@@ -30,25 +28,6 @@ def vocabulary():
     texts += [d for per_dataset in DOMAIN_DESCRIPTIONS.values() for d in per_dataset.values()]
     texts += ["a photo of a", "an image of the"]
     return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
-
-
-def load_pool(data_dir):
-    """Pool images (N, 3, 32, 32) in [0, 1] and their (class, style) from ``<data_dir>/DigitStylesPool``."""
-    root = os.path.join(data_dir, digitstyles.POOL)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root} does not exist: run python -m domainbed_diffusion.digitstyles "
-                                f"--data_dir {data_dir}")
-    images, labels = [], []
-    for style in sorted(os.listdir(root)):
-        if not os.path.isdir(os.path.join(root, style)):
-            continue
-        for cls in sorted(os.listdir(os.path.join(root, style))):
-            for name in sorted(os.listdir(os.path.join(root, style, cls))):
-                with Image.open(os.path.join(root, style, cls, name)) as img:
-                    images.append(np.asarray(img.convert("RGB")))
-                labels.append((cls, style))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return x, labels
 
 
 def _cosine_lr(step, total, warmup=200):
@@ -139,7 +118,7 @@ def train(data_dir, out=EMBEDDED_PATH, vae_steps=2000, unet_steps=8000, vae_batc
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     digitstyles.prepare(data_dir)
-    images, labels = load_pool(data_dir)
+    images, labels = digitstyles.load_pool(data_dir)
     print(f"pool: {len(images)} images, {len({s for _, s in labels})} styles", flush=True)
     work = out + ".partial"
     components = tiny.build_components(vocabulary(), work, seed=seed)

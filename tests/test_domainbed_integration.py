@@ -400,8 +400,8 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
     before = made("before")
     scribble(sorted(validation)[0], 0)
     assert made("validation_changed") == before
-    trained = next(splits.relative(p, root) for p, _ in splits.env_samples(os.path.join(root, "ink"))
-                   if splits.relative(p, root) not in validation)
+    ink = splits.relative_paths([p for p, _ in splits.env_samples(os.path.join(root, "ink"))], root)
+    trained = next(p for p in ink if p not in validation)
     scribble(trained, 1)
     changed = made("training_changed")
     assert any(changed[f] != before[f] for f in before if f"/{trained.split('/')[1]}/" in f)
