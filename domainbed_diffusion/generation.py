@@ -15,6 +15,7 @@ dataset folder, or ``TensorSources`` for tensors.
 Adding a method: its math module in ``methods/``, a ``Method`` subclass and a ``MethodSpec`` here, its algorithm
 class in ``algorithms`` and its hparams in ``hparams_registry``.
 """
+import itertools
 import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -58,6 +59,7 @@ class Unit:
     items: List[Item]
     key: str
     references: Tuple[str, ...] = ()  # the images a method fits on (latent-prior's prior), when not the key
+    domain: Tuple[str, Tuple[Tuple[str, str], ...]] = ()  # latent-prior: (key, ((image, prompt), ...)) of its domain
 
     @property
     def size(self):
@@ -267,10 +269,14 @@ class LatentPriorMethod(Method):
     units_per_batch = 1  # one (env, class) group at a time: its references set the prior
     min_references = 3  # a prior and its geometry need at least three references
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._bandwidths = {}  # per (trial, env): the same value whichever group, shard or resumed run asks first
+
     def params(self):
         c = self.cfg
         return dict(steps=c.steps, mix_steps=self.mix_steps, guidance=c.guidance, resolution=c.resolution,
-                    tolerance=list(c.tolerance))
+                    tolerance=list(c.tolerance), bandwidth_references=c.bandwidth_references)
 
     @property
     def mix_steps(self):
@@ -285,12 +291,15 @@ class LatentPriorMethod(Method):
                 split = dict(holdout_fraction=c.holdout_fraction, validation_digest=splits.digest(validation[env]))
                 if trial is not None:
                     split["trial_seed"] = trial
+                scope = () if trial is None else (trial,)  # None: tensors that are the run's own split
+                training = {name: [r.rel_path for r in sources.by_env_class.get((env, name), [])
+                                   if r.rel_path not in validation[env]] for name in sources.class_names}
+                domain = ("/".join([*(f"trial{t}" for t in scope), env]),
+                          self.domain_references(training, c.bandwidth_references))
                 for class_name in sources.class_names:
-                    refs = [r.rel_path for r in sources.by_env_class.get((env, class_name), [])
-                            if r.rel_path not in validation[env]]
+                    refs = training[class_name]
                     if len(refs) < self.min_references:
                         continue
-                    scope = () if trial is None else (trial,)  # None: tensors that are the run's own split
                     key = "/".join([*(f"trial{t}" for t in scope), env, class_name])
                     prefix = "".join(f"t{t}_" for t in scope) + "prior"
                     n = max(1, round(c.samples_per_image * len(refs)))
@@ -299,7 +308,29 @@ class LatentPriorMethod(Method):
                                   seed=self.seed(*scope, env, class_name, k), prompt=cdga.class_prompt(class_name),
                                   params=dict(self.params(), **split))
                              for k in range(n)]
-                    yield Unit(items, key, tuple(refs))
+                    yield Unit(items, key, tuple(refs), domain)
+
+    @staticmethod
+    def domain_references(training, n):
+        """Up to ``n`` of a domain's training images, class by class in turn, with their class prompts."""
+        queues = [[(path, cdga.class_prompt(name)) for path in paths] for name, paths in training.items()]
+        picked = [pair for row in itertools.zip_longest(*queues) for pair in row if pair is not None]
+        return tuple(picked[:n])
+
+    def bandwidth(self, model, unit, sources, report):
+        """The domain's ``B_eta`` (``--bandwidth auto``), estimated once on its ``domain_references``."""
+        key, pairs = unit.domain
+        if key not in self._bandwidths:
+            c = self.cfg
+            pixels, ok = sources.load([path for path, _ in pairs], c.resolution, report)
+            if pixels is None:
+                raise ValueError(f"latent-prior: no readable image in {key} to estimate its bandwidth from")
+            from .diffusion.pipeline import generators_from_seeds
+            self._bandwidths[key] = latent_prior.domain_bandwidth(
+                model, pixels, [pairs[i][1] for i in ok], c.steps, self.mix_steps,
+                generators_from_seeds([self.seed(key, "bandwidth", i) for i in ok]), c.batch_size)
+            report(f"latent-prior {key}: bandwidth eta={self._bandwidths[key]} from {len(ok)} images", level="info")
+        return self._bandwidths[key]
 
     def run(self, model, units, sources, report):
         results = []
@@ -314,9 +345,10 @@ class LatentPriorMethod(Method):
             report(f"latent-prior: fewer than {self.min_references} readable images in {unit.key}, skipped")
             return []
         c = self.cfg
+        eta = self.bandwidth(model, unit, sources, report) if c.bandwidth == "auto" and unit.domain else c.bandwidth
         samples = latent_prior.generate(model, pixels, first.prompt, len(unit.items),
                                         lambda k: self.seed(unit.key, "candidate", k), c.steps, self.mix_steps,
-                                        c.guidance, c.bandwidth, c.tolerance, c.max_tries, c.batch_size)
+                                        c.guidance, eta, c.tolerance, c.max_tries, c.batch_size)
         report(f"latent-prior {unit.key}: accepted {len(samples.seeds)}/{samples.tried} candidates "
                f"({samples.acceptance_rate:.0%}), bandwidth eta={samples.eta}", level="info")
         items = unit.items[:len(samples.seeds)]
@@ -409,7 +441,9 @@ SPECS = {spec.name: spec for spec in (
         Option("rho", 0.5, float, "ED-SAM: transport distance bound")), fixed=dict(strength=1.0)),
     MethodSpec("latent-prior", "LatentPrior", LatentPriorMethod, INVERSION_SAMPLING, EMBEDDED_INVERSION, (
         Option("mix_fraction", 0.8, float, "latent-prior: inversion depth (fraction of steps)"),
-        Option("bandwidth", "auto", bandwidth, "latent-prior: DDIM eta when denoising, or 'auto'"),
+        Option("bandwidth", "auto", bandwidth, "latent-prior: DDIM eta when denoising, or 'auto' (one per domain)"),
+        Option("bandwidth_references", 32, int, "latent-prior: images of a domain its 'auto' bandwidth is "
+               "estimated on (classes in turn)"),
         Option("tolerance", latent_prior.DEFAULT_TOLERANCE, float, "latent-prior: tolerances of the pairwise "
                "distance (relative), the pairwise angle and the angle to origin (degrees)", nargs=3),
         Option("samples_per_image", 1.0, float, "latent-prior: images per reference image"),

@@ -116,6 +116,32 @@ def test_shards_cover_every_image_exactly_once(tiny_dataset, tiny_checkpoint, tm
     assert digests(os.path.join(parts, "Tiny")) == digests(os.path.join(whole, "Tiny"))
 
 
+def test_latent_prior_bandwidth_is_one_per_domain_whatever_the_shard(tiny_dataset, tiny_checkpoint, tmp_path):
+    """The paper's B_eta is one per unseen domain: every (trial, env) group shares it, and shards that each make
+    some of a domain's groups estimate the same value, so their images equal an unsharded run's."""
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", whole, "--trial_seeds", "0", methods=("latent-prior",))
+    for k in range(2):
+        generate(tiny_dataset, tiny_checkpoint, "--output_dir", parts, "--trial_seeds", "0", "--num_shards", "2",
+                 "--shard_id", str(k), methods=("latent-prior",))
+    assert digests(os.path.join(parts, "Tiny")) == digests(os.path.join(whole, "Tiny"))
+    records = read_manifests(os.path.join(whole, "Tiny"))
+    etas = {}
+    for r in records:
+        etas.setdefault(r["source_env"], set()).add(r["params"]["eta"])
+        assert r["params"]["bandwidth_references"] == 32
+    assert set(etas) == set(ENVS) and all(len(v) == 1 for v in etas.values())
+
+
+def test_latent_prior_bandwidth_references_take_classes_in_turn():
+    from domainbed_diffusion.generation import LatentPriorMethod
+    from domainbed_diffusion.methods import cdga
+    training = {"cat": ["c1", "c2", "c3"], "dog": ["d1"], "eel": ["e1", "e2"]}
+    picked = LatentPriorMethod.domain_references(training, 5)
+    assert [p for p, _ in picked] == ["c1", "d1", "e1", "c2", "e2"]
+    assert dict(picked)["d1"] == cdga.class_prompt("dog") != dict(picked)["c1"]
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_dataset, tiny_checkpoint, capsys):
     generate(tiny_dataset, tiny_checkpoint, "--dry_run")
     out = capsys.readouterr().out

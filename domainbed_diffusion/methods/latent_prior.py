@@ -114,6 +114,20 @@ def estimate_bandwidth(model, inverted, clean, prompts, steps, n_steps, generato
     return max(ok), errors
 
 
+@torch.no_grad()
+def domain_bandwidth(model, ref_pixels, prompts, steps, mix_steps, generators, batch_size=32):
+    """``B_eta`` of one domain from some of its images (each with its own class prompt): the paper reports one
+    bandwidth per unseen domain (its Table 2), not one per class."""
+    clean = torch.cat([model.encode_images(c.to(model.device)) for c in ref_pixels.split(batch_size)])
+    inverted = torch.cat([model.invert(c, list(p), steps, mix_steps)
+                          for c, p in zip(clean.split(batch_size), _chunks(prompts, batch_size))])
+    return estimate_bandwidth(model, inverted, clean, list(prompts), steps, mix_steps, generators)[0]
+
+
+def _chunks(values, size):
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
 @dataclass
 class PriorSamples:
     images: torch.Tensor      # (n accepted, 3, R, R) in [0, 1]
