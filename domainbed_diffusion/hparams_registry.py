@@ -50,6 +50,7 @@ def extend(hparams, algorithm, dataset, random_seed):
         _redefine("batch_size", 8, lambda r: int(2 ** r.uniform(3, 4.5)))
         # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
         _hparam("pretrained_featurizer", "embedded", lambda r: "embedded")
+        _hparam("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
 
     if algorithm == "MIRO":
         # MIRO's per-dataset recipe (ResNet-50, no SWAD); its search grid for the regularisation weight.

@@ -53,16 +53,6 @@ def _featurizer_weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["featurizer"]
 
 
-def wrap(stock_featurizer):
-    """DomainBed's ``networks.Featurizer``, loading ``hparams["pretrained_featurizer"]`` when it is set."""
-    @functools.wraps(stock_featurizer)
-    def Featurizer(input_shape, hparams):
-        network = stock_featurizer(input_shape, hparams)
-        value = hparams.get("pretrained_featurizer")
-        return load_into(network, value) if value else network
-    return Featurizer
-
-
 # -- pretraining ---------------------------------------------------------------------------------------------
 def pretrain(data_dir, out=EMBEDDED_PATH, epochs=15, batch_size=64, lr=3e-4, seed=0, holdout=0.1):
     """Supervised pretraining of MNIST_CNN + a linear head on the pool's non-benchmark styles; saves the

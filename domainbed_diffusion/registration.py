@@ -75,8 +75,8 @@ def _misc(module):
 
 
 def _networks(module):
-    from . import pretrained
-    module.Featurizer = pretrained.wrap(module.Featurizer)
+    from .networks import wrap_featurizer
+    module.Featurizer = wrap_featurizer(module.Featurizer)
 
 
 def _command_launchers(module):

@@ -462,6 +462,21 @@ def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_
     assert "pretrained_featurizer" not in hparams_registry.default_hparams("ERM", "PACS")
 
 
+def test_channels_last_featurizer_computes_what_the_default_layout_computes():
+    """The hparam changes the memory layout of every algorithm's featurizer, not its arithmetic."""
+    from domainbed import networks
+    hparams = hparams_registry.default_hparams("ERM", "DigitStyles")
+    assert hparams["channels_last"] is True
+    fast = networks.Featurizer((3, 28, 28), hparams)
+    plain = networks.Featurizer((3, 28, 28), dict(hparams, channels_last=False))
+    assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.conv1.weight.is_contiguous() and not plain.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 28, 28)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert "channels_last" not in hparams_registry.default_hparams("ERM", "PACS")
+
+
 @needs_install
 def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path):
     from domainbed_diffusion import pretrained
