@@ -30,13 +30,15 @@ DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
 ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
 MODEL = "CompVis/stable-diffusion-v1-4"
 BACKBONE = {"resnet50_augmix": False, "freeze_bn": True}
+TRIALS = 3  # the sweep's --n_trials; the generator fits guides and priors to these trials' splits
 
 
 def commands(args):
     gen = []
     for method in SPECS:  # each with its spec's defaults, the papers' settings
         base = ["-m", "offline_generation", "--dataset", args.dataset, "--data_dir", args.data_dir, "--methods",
-                method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32"]
+                method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32",
+                "--trial_seeds", *map(str, range(TRIALS))]
         if args.launcher == "slurm":
             gen.append([sys.executable, *base, "--slurm", str(args.gpus), "--submit"])
         elif args.gpus > 1:
@@ -46,7 +48,7 @@ def commands(args):
     sweep_dir = os.path.join(args.output_dir, args.dataset)
     sweep = [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--datasets", args.dataset,
              "--algorithms", *ALGORITHMS, "--data_dir", args.data_dir, "--output_dir", sweep_dir,
-             "--command_launcher", args.launcher, "--n_trials", "3", "--n_hparams", str(args.n_hparams),
+             "--command_launcher", args.launcher, "--n_trials", str(TRIALS), "--n_hparams", str(args.n_hparams),
              "--single_test_envs", "--skip_confirmation", "--hparams", json.dumps(BACKBONE)]
     collect = [sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir]
     return gen, sweep, collect
