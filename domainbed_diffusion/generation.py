@@ -324,7 +324,8 @@ class LatentPriorMethod(Method):
             c = self.cfg
             pixels, ok = sources.load([path for path, _ in pairs], c.resolution, report)
             if pixels is None:
-                raise ValueError(f"latent-prior: no readable image in {key} to estimate its bandwidth from")
+                raise ValueError(f"latent-prior: no readable image in {key} to estimate its bandwidth from; fix "
+                                 f"the images reported above or give one with --bandwidth ETA")
             from .diffusion.pipeline import generators_from_seeds
             self._bandwidths[key] = latent_prior.domain_bandwidth(
                 model, pixels, [pairs[i][1] for i in ok], c.steps, self.mix_steps,
