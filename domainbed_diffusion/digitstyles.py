@@ -55,24 +55,20 @@ def network_transform():
                                transforms.Normalize(MEAN, STD)])
 
 
-def load_pool(data_dir, styles=None, transform=None, classes=None):
-    """The pre-training pool's images of ``styles`` (default: all) and ``classes`` (default: all), in that
-    order (default: sorted folders), and their (class, style): a stacked tensor of ``transform(PIL image)``,
-    by default (3, 32, 32) pixels in [0, 1]."""
+def load_pool(data_dir):
+    """The pre-training pool's images, (N, 3, 32, 32) pixels in [0, 1], and their (class, style)."""
     import torch
     from torchvision.transforms.functional import to_tensor
     root = os.path.join(data_dir, POOL)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} does not exist: write it with python -m domainbed_diffusion.digitstyles "
                                 f"--data_dir {data_dir}")
-    transform = transform or to_tensor
-    styles = styles or sorted(e.name for e in os.scandir(root) if e.is_dir())
     images, labels = [], []
-    for style in styles:
-        for cls in classes or sorted(os.listdir(os.path.join(root, style))):
+    for style in sorted(e.name for e in os.scandir(root) if e.is_dir()):
+        for cls in sorted(os.listdir(os.path.join(root, style))):
             for name in sorted(os.listdir(os.path.join(root, style, cls))):
                 with Image.open(os.path.join(root, style, cls, name)) as img:
-                    images.append(transform(img.convert("RGB")))
+                    images.append(to_tensor(img.convert("RGB")))
                 labels.append((cls, style))
     return torch.stack(images), labels
 

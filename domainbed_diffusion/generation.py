@@ -346,7 +346,7 @@ class LatentPriorMethod(Method):
             report(f"latent-prior: fewer than {self.min_references} readable images in {unit.key}, skipped")
             return []
         c = self.cfg
-        eta = self.bandwidth(model, unit, sources, report) if c.bandwidth == "auto" and unit.domain else c.bandwidth
+        eta = self.bandwidth(model, unit, sources, report) if c.bandwidth == "auto" else c.bandwidth
         samples = latent_prior.generate(model, pixels, first.prompt, len(unit.items),
                                         lambda k: self.seed(unit.key, "candidate", k), c.steps, self.mix_steps,
                                         c.guidance, eta, c.tolerance, c.max_tries, c.batch_size)

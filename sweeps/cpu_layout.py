@@ -20,11 +20,11 @@ def timed(fn, repeats):
 
 def measure(channels_last, repeats, batch=24, evaluated=1320, eval_batch=64, seed=0):
     from domainbed import networks
+    from domainbed_diffusion.networks import wrap_featurizer
     torch.manual_seed(seed)
-    featurizer = networks.MNIST_CNN((3, 28, 28))
+    featurizer = wrap_featurizer(lambda shape, hparams: networks.MNIST_CNN(shape))(
+        (3, 28, 28), {"channels_last": channels_last})  # the plugin's own wrap, as every algorithm gets it
     model = torch.nn.Sequential(featurizer, torch.nn.Linear(featurizer.n_outputs, 10))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)  # what the hparam does to the featurizer
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(batch, 3, 28, 28), torch.randint(0, 10, (batch,))  # inputs as DomainBed's loaders give them
     images = torch.randn(evaluated, 3, 28, 28)

@@ -114,18 +114,20 @@ def estimate_bandwidth(model, inverted, clean, prompts, steps, n_steps, generato
     return max(ok), errors
 
 
+def encode_and_invert(model, pixels, prompts, steps, mix_steps, batch_size=32):
+    """Clean latents of ``pixels`` and their DDIM inversions to the mixing step, each with its own prompt."""
+    clean = torch.cat([model.encode_images(c.to(model.device)) for c in pixels.split(batch_size)])
+    inverted = torch.cat([model.invert(clean[i:i + batch_size], list(prompts[i:i + batch_size]), steps, mix_steps)
+                          for i in range(0, len(clean), batch_size)])
+    return clean, inverted
+
+
 @torch.no_grad()
 def domain_bandwidth(model, ref_pixels, prompts, steps, mix_steps, generators, batch_size=32):
     """``B_eta`` of one domain from some of its images (each with its own class prompt): the paper reports one
     bandwidth per unseen domain (its Table 2), not one per class."""
-    clean = torch.cat([model.encode_images(c.to(model.device)) for c in ref_pixels.split(batch_size)])
-    inverted = torch.cat([model.invert(c, list(p), steps, mix_steps)
-                          for c, p in zip(clean.split(batch_size), _chunks(prompts, batch_size))])
+    clean, inverted = encode_and_invert(model, ref_pixels, prompts, steps, mix_steps, batch_size)
     return estimate_bandwidth(model, inverted, clean, list(prompts), steps, mix_steps, generators)[0]
-
-
-def _chunks(values, size):
-    return [values[i:i + size] for i in range(0, len(values), size)]
 
 
 @dataclass
@@ -140,22 +142,17 @@ class PriorSamples:
         return len(self.seeds) / max(self.tried, 1)
 
 
-def generate(model, ref_pixels, prompt, n, seed_of, steps, mix_steps, guidance=1.0, bandwidth="auto",
+def generate(model, ref_pixels, prompt, n, seed_of, steps, mix_steps, guidance=1.0, eta=0.0,
              tolerance=DEFAULT_TOLERANCE, max_tries=20, batch_size=32):
-    """Up to ``n`` new images of one (env, class) from the prior of its ``ref_pixels``' inverted latents.
+    """Up to ``n`` new images of one (env, class) from the prior of its ``ref_pixels``' inverted latents,
+    denoised at the domain's bandwidth ``eta`` (``domain_bandwidth``).
 
     ``seed_of(k)`` is the seed of candidate ``k``; candidates are drawn in order, at most ``max_tries * n``.
     """
     from ..diffusion.pipeline import generators_from_seeds
-    clean = torch.cat([model.encode_images(c.to(model.device)) for c in ref_pixels.split(batch_size)])
-    inverted = torch.cat([model.invert(c, [prompt] * len(c), steps, mix_steps) for c in clean.split(batch_size)])
+    _, inverted = encode_and_invert(model, ref_pixels, [prompt] * len(ref_pixels), steps, mix_steps, batch_size)
     refs = inverted.float().cpu()
     prior, target = fit_prior(refs), fit_geometry(refs)
-    eta = bandwidth
-    if bandwidth == "auto":
-        k = min(len(clean), batch_size)
-        eta, _ = estimate_bandwidth(model, inverted[:k], clean[:k], [prompt] * k, steps, mix_steps,
-                                    generators_from_seeds([seed_of(-1 - i) for i in range(k)]))
     accepted, seeds, tried = [], [], 0
     while len(accepted) < n and tried < max_tries * n:
         chunk = min(batch_size, max_tries * n - tried)
