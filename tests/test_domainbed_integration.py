@@ -495,3 +495,39 @@ def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp
             assert all(torch.equal(state[f"oracle.{k}"], v) for k, v in shipped.items())
         else:
             assert drift > 0.05
+
+
+def _run_record(out):
+    """A run's records without what differs between two executions of it (timing, memory, its own folder)."""
+    with open(os.path.join(out, "results.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    for r in records:
+        assert r["args"].pop("output_dir") == str(out)
+        del r["step_time"], r["mem_gb"]
+    return records
+
+
+def test_cpu_parallel_forks_runs_that_match_a_process_per_run(digitstyles_dir, tmp_path, monkeypatch):
+    """The preloaded lanes run the stock script: the same records as one process per run, failures counted."""
+    import io
+
+    from domainbed_diffusion import launchers
+    served = []
+    submit = launchers._TrainServer.submit
+    monkeypatch.setattr(launchers._TrainServer, "submit", lambda self, a: served.append(a) or submit(self, a))
+    names = ["ERM", "MIRO"]
+    records = {}
+    for mode, preload in (("forked", "1"), ("processes", "0")):
+        monkeypatch.setenv("DOMAINBED_DIFFUSION_PRELOAD", preload)
+        commands = [f"python -m domainbed.scripts.train --algorithm {name} --data_dir {digitstyles_dir} --dataset "
+                    f"DigitStyles --hparams '{{\"lr\": 0.002}}' --output_dir {tmp_path / mode / name} --steps 3 "
+                    "--checkpoint_freq 2 --test_envs 1" for name in names]
+        commands.append(f"python -m domainbed.scripts.train --dataset NoSuch --output_dir {tmp_path / mode / 'bad'}")
+        assert launchers.cpu_parallel_launcher(commands, lanes=2, stream=io.StringIO()) == 1
+        records[mode] = [_run_record(tmp_path / mode / name) for name in names]
+        assert all(os.path.exists(tmp_path / mode / name / "done") for name in names)
+        assert "env1_in_acc" in (tmp_path / mode / "ERM" / "out.txt").read_text()  # the script's own Tee log
+    assert len(served) == 3  # the forked mode served every command, the other none
+    assert [[r["step"] for r in run] for run in records["forked"]] == [[0, 2], [0, 2]]
+    assert records["forked"] == records["processes"]
+    assert records["forked"][0][0]["hparams"]["lr"] == 0.002  # the quoted JSON argument arrived intact
