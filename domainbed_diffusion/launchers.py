@@ -49,16 +49,16 @@ def _preloading():
     return os.environ.get("DOMAINBED_DIFFUSION_PRELOAD", "1") != "0" and hasattr(os, "fork")
 
 
-def _run_forked(arguments):
-    """In a child forked from ``serve``: run the train script as ``python -m`` would, exit with its status."""
+def _run_forked(module, arguments):
+    """In a child forked from ``serve``: run ``module`` as ``python -m`` would, exit with its status."""
     code = 1
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # as the subprocess lanes: the script keeps its own out.txt and err.txt
             os.dup2(devnull, fd)
-        sys.argv = [importlib.util.find_spec(TRAIN_MODULE).origin, *arguments]
-        warnings.filterwarnings("ignore", f"'{TRAIN_MODULE}' found in sys.modules", RuntimeWarning)  # preloaded
-        runpy.run_module(TRAIN_MODULE, run_name="__main__", alter_sys=True)
+        sys.argv = [importlib.util.find_spec(module).origin, *arguments]
+        warnings.filterwarnings("ignore", f"'{module}' found in sys.modules", RuntimeWarning)  # preloaded on purpose
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -73,12 +73,14 @@ def _run_forked(arguments):
         os._exit(code)
 
 
-def serve():
-    """The train server: import the train script once, then fork one child per job read from stdin.
+def serve(module=TRAIN_MODULE):
+    """The train server: import ``module`` once, then fork one child per job read from stdin to run it.
 
     Protocol, one JSON object per line: stdin ``{"id": .., "arguments": [..]}``, stdout ``{"id": .., "returncode":
     ..}``. Forking before any torch computation keeps the children's thread pools fresh."""
-    importlib.import_module(TRAIN_MODULE)  # only its imports run: the script's body is under __main__
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever an import prints goes to stderr, never into the replies
+    importlib.import_module(module)  # only its imports run: the script's body is under __main__
     children, buffer, reading = {}, b"", True
     while reading or children:
         if reading and select.select([0], [], [], 0.1)[0]:
@@ -90,7 +92,8 @@ def serve():
                 job = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _run_forked(job["arguments"])
+                    replies.close()
+                    _run_forked(module, job["arguments"])
                 children[pid] = job["id"]
         elif not reading:
             time.sleep(0.1)
@@ -98,14 +101,15 @@ def serve():
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
-            print(json.dumps({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+            print(json.dumps({"id": children.pop(pid), "returncode": os.waitstatus_to_exitcode(status)}),
+                  file=replies, flush=True)
 
 
 class _TrainServer:
     """The launcher's side of ``serve``: jobs in, return codes out, never blocking the lanes."""
-    def __init__(self, env):
+    def __init__(self, env, module=TRAIN_MODULE):
         self.process = subprocess.Popen([sys.executable, "-c", "from domainbed_diffusion import launchers; "
-                                         "launchers.serve()"], env=env, stdin=subprocess.PIPE,
+                                         f"launchers.serve({module!r})"], env=env, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE)
         self.returncodes, self.jobs, self.buffer = {}, 0, b""
 

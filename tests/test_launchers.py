@@ -1,6 +1,8 @@
 """The plugin's command launchers without DomainBed: which commands the train server takes, lanes and failures."""
 import io
+import os
 import sys
+import time
 
 from domainbed_diffusion import launchers
 
@@ -25,3 +27,38 @@ def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypat
     assert all(m.exists() for m in marks)
     assert "5/5 runs finished (2 failed)" in stream.getvalue()
     assert launchers._this_python("python -c 1").startswith(sys.executable)
+
+
+FAKE_SCRIPT = '''
+import sys
+print("a library that talks while it is imported")
+if __name__ == "__main__":
+    print("the script's own output")
+    with open(sys.argv[1], "w") as f:
+        f.write("|".join(sys.argv[2:]))
+    code = sys.argv[2]
+    if code == "raise":
+        raise ValueError("an uncaught error")
+    sys.exit(None if code == "none" else code if not code.isdigit() else int(code))
+'''
+
+
+def test_train_server_runs_the_module_per_job_and_returns_its_exit_status(tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_SCRIPT)
+    paths = [str(tmp_path), launchers_root(), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    server = launchers._TrainServer(env, module="fake_train")
+    cases = {"0": 0, "3": 3, "none": 0, "raise": 1, "a message": 1}
+    runs = {code: server.submit([str(tmp_path / f"argv{i}"), code, "two words", '{"j": 1}'])
+            for i, code in enumerate(cases)}
+    deadline = time.time() + 60
+    while any(run.poll() is None for run in runs.values()) and time.time() < deadline:
+        time.sleep(0.05)
+    server.close()
+    assert {code: run.returncode for code, run in runs.items()} == cases
+    for i, code in enumerate(cases):
+        assert (tmp_path / f"argv{i}").read_text() == f'{code}|two words|{{"j": 1}}'
+
+
+def launchers_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(launchers.__file__)))
