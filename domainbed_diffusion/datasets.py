@@ -1,7 +1,8 @@
 """DomainBed datasets of the plugin: DigitStyles, read from DomainBed's folder layout at 28x28.
 
 At 28x28 DomainBed picks its MNIST_CNN featurizer, which starts from the embedded pretrained weights
-(``pretrained``; no download) and trains on a CPU. Images are decoded once into memory (the dataset is small), so a CPU step is spent on the network.
+(``pretrained``; no download) and trains on a CPU. Images are decoded once into memory (the dataset is small),
+so a CPU step is spent on the network.
 """
 import os
 

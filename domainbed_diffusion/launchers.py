@@ -163,21 +163,22 @@ def cpu_parallel_launcher(commands, lanes=None, stream=None):
     lanes = lanes or _lanes()
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    server = _TrainServer(env) if _preloading() and any(_train_arguments(c) is not None for c in commands) else None
+    preload = _preloading()
+    jobs = [(command, _train_arguments(command) if preload else None) for command in commands]
+    server = _TrainServer(env) if any(arguments is not None for _, arguments in jobs) else None
 
-    def start(command):
-        arguments = _train_arguments(command) if server else None
+    def start(command, arguments):
         if arguments is not None:
             return server.submit(arguments)
         return subprocess.Popen(_this_python(command), shell=True, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    pending, running, done, failed = list(commands), [], 0, 0
+    pending, running, done, failed = jobs, [], 0, 0
     start_time = time.time()
     try:
         while pending or running:
             while pending and len(running) < lanes:
-                running.append(start(pending.pop(0)))
+                running.append(start(*pending.pop(0)))
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 running.remove(proc)

@@ -6,6 +6,8 @@ import time
 
 from domainbed_diffusion import launchers
 
+from conftest import REPO
+
 
 def test_only_domainbeds_train_command_goes_to_the_train_server():
     command = ("python -m domainbed.scripts.train --algorithm ERM --hparams '{\"lr\": 0.001, \"a b\": [1]}' "
@@ -45,7 +47,7 @@ if __name__ == "__main__":
 
 def test_train_server_runs_the_module_per_job_and_returns_its_exit_status(tmp_path):
     (tmp_path / "fake_train.py").write_text(FAKE_SCRIPT)
-    paths = [str(tmp_path), launchers_root(), os.environ.get("PYTHONPATH", "")]
+    paths = [str(tmp_path), REPO, os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     server = launchers._TrainServer(env, module="fake_train")
     cases = {"0": 0, "3": 3, "none": 0, "raise": 1, "a message": 1}
@@ -59,6 +61,3 @@ def test_train_server_runs_the_module_per_job_and_returns_its_exit_status(tmp_pa
     for i, code in enumerate(cases):
         assert (tmp_path / f"argv{i}").read_text() == f'{code}|two words|{{"j": 1}}'
 
-
-def launchers_root():
-    return os.path.dirname(os.path.dirname(os.path.abspath(launchers.__file__)))
