@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import List
 
 
-def _lanes():
+def default_lanes():
+    """Parallel runs: DOMAINBED_DIFFUSION_LANES, else two (or the cores, if fewer)."""
     return max(1, int(os.environ.get("DOMAINBED_DIFFUSION_LANES", min(2, os.cpu_count() or 1))))
 
 
@@ -160,7 +161,7 @@ class _ServedRun:
 
 def cpu_parallel_launcher(commands, lanes=None, stream=None):
     """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each."""
-    lanes = lanes or _lanes()
+    lanes = lanes or default_lanes()
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     preload = _preloading()

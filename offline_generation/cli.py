@@ -54,6 +54,9 @@ def _generation_arguments(parser):
     g = parser.add_argument_group("scale")
     g.add_argument("--num_shards", type=int, default=None, help="split the job into this many independent shards")
     g.add_argument("--shard_id", type=int, default=None, help="which shard this process runs (0-based)")
+    g.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="CPU: run W processes of one thread each (shards of this command); the images are the same "
+                        "bytes whatever W")
     g.add_argument("--slurm", type=int, default=None, metavar="N",
                    help="write an sbatch job array of N shards of this command (DOMAINBED_SLURM_* settings)")
     g.add_argument("--submit", action="store_true", help="with --slurm: also submit it with sbatch")
@@ -70,6 +73,8 @@ def _finish_generation_args(args, parser):
         parser.error("--num_shards and --shard_id go together")
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     return args
 
 
@@ -103,6 +108,12 @@ def generate_main(argv):
     args = _finish_generation_args(parser.parse_args(argv), parser)
     if args.slurm:
         return submit_shards(argv, args)
+    if args.workers and not args.dry_run:
+        from .generate import run_workers
+        worker_argv = argv  # the workers get their own shards of this command's
+        for flag in ("--workers", "--num_shards", "--shard_id"):
+            worker_argv = _drop_option(worker_argv, flag, True)
+        return run_workers(worker_argv, args, command=argv)
     from .generate import run
     return run(args)
 
@@ -200,9 +211,10 @@ def main(argv=None):
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main, "prepare": prepare_main,
                "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+    from .generate import WorkerFailed
     try:
         handler(argv)
-    except (FileNotFoundError, ValueError, SyntheticDataError) as error:
+    except (FileNotFoundError, ValueError, SyntheticDataError, WorkerFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -181,7 +181,7 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
-    parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs (default: 2 or cores)")
+    parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs and generation workers (default: 2 or cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
     parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' N_STEPS, "
                                                                  "quick 40")
@@ -204,9 +204,11 @@ def main(argv=None):
     step("2/5 synthetic domains with the embedded model")
     from offline_generation.cli import main as generate
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
+    from domainbed_diffusion.launchers import default_lanes
+    workers = args.lanes or default_lanes()  # the sweep's lanes: one thread each, the same bytes on any machine
     code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
                      "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64",
-                     "--trial_seeds", *map(str, range(profile["trials"]))]
+                     "--workers", str(workers), "--trial_seeds", *map(str, range(profile["trials"]))]
                     + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     if code:
         return code

@@ -272,6 +272,47 @@ def test_torchrun_two_processes_split_the_work(tiny_dataset, tiny_checkpoint, tm
     assert len(files) == len(set(files)) == 36
 
 
+def test_workers_make_the_same_bytes_whatever_their_number(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
+    """``--workers W`` runs W one-thread processes as shards of the command: two workers write the same files as
+    one, each image once, and the index the parent builds holds every shard's records."""
+    methods = ("cdga-pg", "latent-prior")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", one, "--workers", "1", "--trial_seeds", "0",
+             methods=methods)
+    generate(tiny_dataset, tiny_checkpoint, "--output_dir", two, "--workers", "2", "--trial_seeds", "0",
+             methods=methods)
+    out = capsys.readouterr().out
+    assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "-- worker 2 of 2 --" in out
+    assert digests(os.path.join(two, "Tiny")) == digests(os.path.join(one, "Tiny"))
+    manifests = [n for n in os.listdir(os.path.join(two, "Tiny")) if n.startswith("manifest.cdga-pg.")]
+    assert sorted(manifests) == ["manifest.cdga-pg.shard-00000-of-00002.jsonl",
+                                 "manifest.cdga-pg.shard-00001-of-00002.jsonl"]
+    domains = SyntheticDomains(two, "Tiny")
+    assert len(domains.records("cdga-pg")) == 36
+    assert len(domains.records("latent-prior")) == len(SyntheticDomains(one, "Tiny").records("latent-prior")) > 0
+
+
+def test_workers_split_this_commands_shard_only():
+    """With ``--num_shards S --shard_id s`` too, worker j takes shard s + j*S of S*W: together, batch b for
+    every b = s mod S, each once."""
+    from offline_generation.generate import worker_commands
+    commands = worker_commands(["--dataset", "X"], workers=3, num_shards=4, shard_id=1)
+    shards = [(int(c[c.index("--num_shards") + 1]), int(c[c.index("--shard_id") + 1])) for c in commands]
+    assert shards == [(12, 1), (12, 5), (12, 9)]
+    taken = sorted(b for b in range(48) for total, k in shards if b % total == k)
+    assert taken == [b for b in range(48) if b % 4 == 1]
+
+
+def test_a_failing_worker_is_an_error_that_says_how_to_resume(tiny_dataset, tmp_path, capsys):
+    argv = ["--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", str(tmp_path / "no-model"),
+            "--methods", "cdga-pg", "--output_dir", str(tmp_path / "out"), "--workers", "2"]
+    assert cli_main(argv) == 2
+    captured = capsys.readouterr()
+    assert "worker(s) 1, 2 of 2 failed" in captured.err and "rerun the same command, it resumes" in captured.err
+    assert captured.err.rstrip().endswith("--workers 2")  # the command to rerun is the one given
+    assert "no-model" in captured.out  # the second worker's own error, shown after it ends
+
+
 def test_guides_and_priors_respect_every_planned_trials_split(generated):
     """CDGA-IG guides are in the training split of every planned trial (--trial_seeds 0 1 2 by default);
     latent-prior images carry their trial and the digest of the validation split their prior excluded."""
