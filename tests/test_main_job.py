@@ -1,4 +1,4 @@
-"""The quick main job end to end, then resumed (the first run 7.3 min on 2 cores): ``python -m pytest -m slow``
+"""The quick main job end to end, then resumed (the first run 7.8 min on 2 cores): ``python -m pytest -m slow``
 with DomainBed."""
 import os
 import subprocess
