@@ -110,7 +110,7 @@ def generate_main(argv):
         return submit_shards(argv, args)
     if args.workers and not args.dry_run:
         from .generate import run_workers
-        worker_argv = argv  # the workers get their own shards of this command's
+        worker_argv = argv  # each worker is given its own shards of this command's
         for flag in ("--workers", "--num_shards", "--shard_id"):
             worker_argv = _drop_option(worker_argv, flag, True)
         return run_workers(worker_argv, args, command=argv)

@@ -181,7 +181,8 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
-    parser.add_argument("--lanes", type=int, default=None, help="parallel DomainBed runs and generation workers (default: 2 or cores)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="parallel DomainBed runs and generation workers (default: 2 or cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
     parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' N_STEPS, "
                                                                  "quick 40")
