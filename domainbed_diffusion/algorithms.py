@@ -1,4 +1,5 @@
-"""The plugin's DomainBed algorithms: one short class each; their hyperparameters are in ``hparams_registry``.
+"""The plugin's DomainBed algorithms: one short class each. The catalogue lists them and pairs each with its
+hyperparameter block (``hparams_registry``) and, for those that train on generated images, its generation method.
 
 Each method's math lives in a module of its own (``methods.*``, ``domainfusion``), imported here and,
 for the generation methods, by the offline generator too.
@@ -13,11 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
-from . import context, domainfusion, training_data
+from . import catalogue, context, domainfusion, registration, training_data
 from .methods import cdga, gsd
 from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
-
-ALGORITHMS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
 
 
 class MIRO(ERM):
@@ -75,9 +74,9 @@ class SyntheticERM(ERM):
     synthetic (the two equally weighted terms of ED-SAM's Eq. 11). Both see ERM's images per step.
     ``"paired"`` adds a whole synthetic minibatch beside each real one: twice ERM's images per step.
     Synthetic samples' losses are weighted by ``synthetic_weight``; featurizer, classifier, optimizer are ERM's.
+    Its generation method (``METHOD``) says in the catalogue whether its images are fitted per split.
     """
     METHOD = None
-    PER_SPLIT = False  # images fitted on one train/validation split (only the run's own are used)
     MODES = ("union", "balanced", "paired")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -90,7 +89,8 @@ class SyntheticERM(ERM):
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
         if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
             items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
-                                                  self.allow_test_guides(hparams), self.PER_SPLIT)
+                                                  self.allow_test_guides(hparams),
+                                                  catalogue.spec(self.METHOD).per_split)
             datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i), self.METHOD)
                         for i in ctx.train_envs]
         else:  # DomainBed's Debug datasets: tensors, no files to generate from offline
@@ -166,7 +166,7 @@ class EDSAM(SyntheticERM):
 
     def select_records(self, hparams):
         rho, m = hparams["edsam_rho"], hparams["edsam_m"]
-        # a record without rho (none has one) is taken as made at the requested rho
+        # every record the generator writes has rho; one without (a hand-made manifest) is taken as made at rho
         return lambda index: (np.isnan(index.param("rho")) | (np.abs(index.param("rho") - rho) < 1e-9)) & \
             (index.sample < m)
 
@@ -175,14 +175,13 @@ class LatentPrior(SyntheticERM):
     """Latent-prior sampling (Zhu et al., 2023): ERM on real images + samples from each training (env, class)'s
     Gaussian prior of inverted latents (``--methods latent-prior``), fitted on this run's training split only."""
     METHOD = "latent-prior"
-    PER_SPLIT = True
 
 
 class DomainFusion(ERM):
-    """DomainFusion (seed 000): ``lambda_raw CE(real) + lambda_gen CE(synthetic) + lambda_gsd L_GSD`` with Adam
-    and a cosine schedule over the run's steps. The synthetic set is refreshed every ``refresh_every`` steps
-    (the synthetic images of that step, by N-candidate img2img and the sampling strategy); GSD runs every
-    ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
+    """DomainFusion (*Generalizing to Unseen Domains with Latent Diffusion Models*, Gradient Score Distillation):
+    ``lambda_raw CE(real) + lambda_gen CE(synthetic) + lambda_gsd L_GSD`` with Adam and a cosine schedule over
+    the run's steps. The synthetic set is refreshed every ``refresh_every`` steps (the synthetic images of that
+    step, by N-candidate img2img and the sampling strategy); GSD runs every ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
     is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
     ``sampling_strategy=False`` give the paper's ablation rows.
     """
@@ -263,3 +262,7 @@ class DomainFusion(ERM):
         out["loss"] = loss.item()
         out["images"] = len(x)  # real + synthetic: DomainFusion's loss has a term for each
         return out
+
+
+# Imported before DomainBed's algorithms module, this module's classes did not exist yet when it registered them.
+registration.register()

@@ -51,8 +51,8 @@ class DigitStyles(MultipleDomainDataset):
     """Four style domains of scikit-learn's digits (see ``domainbed_diffusion.digitstyles``)."""
     ENVIRONMENTS = list(digitstyles.DOMAINS)
     INPUT_SHAPE = digitstyles.INPUT_SHAPE
-    N_STEPS = 151          # ERM above 90% on its training envs' validation splits (README), ~30 s on a CPU core
-    CHECKPOINT_FREQ = 150  # evaluations at steps 0 and 150 only: each reads all 1320 images
+    N_STEPS = 151          # ERM above 90% on its training envs' validation splits (docs/results.md)
+    CHECKPOINT_FREQ = 150  # evaluations at steps 0 and 150 only: each reads all of the dataset's images
     N_WORKERS = 0          # in-memory tensors: worker processes would only add start-up time
 
     def __init__(self, root, test_envs, hparams):

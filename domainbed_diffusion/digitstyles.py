@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from .synthetic import save_png
+from .files import save_png
 
 DATASET = "DigitStyles"
 POOL = "DigitStylesPool"

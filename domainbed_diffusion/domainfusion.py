@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from .hparams_registry import seed_hash
+from .seeding import seed_hash
 from .methods import candidates
 
 

@@ -4,105 +4,115 @@
 random value comes from a RandomState seeded by ``(random_seed, name)``, so a random search is deterministic.
 DomainBed's entries are left as they are for DomainBed's datasets; DigitStyles, a dataset of ours, sets the
 optimisation basics (lr, batch size, weight decay) for every algorithm, as DomainBed does for its small images.
-"""
-import hashlib
 
+Each algorithm's own block is a function below, ``block(hparams, dataset)`` with ``hparams.define`` and
+``hparams.redefine``; the catalogue pairs it with its algorithm (``catalogue``), and ``extend`` is given that
+pairing, so this module lists no algorithm by name.
+"""
 import numpy as np
 
-from .digitstyles import DATASET as DIGITSTYLES
+from .seeding import seed_hash
+from .shipped import EMBEDDED, PAPERS_MODEL
 
-ALGORITHMS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
-SYNTHETIC_ALGORITHMS = ["CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior"]
-# CDGA: ERM on the union of real and synthetic images; ED-SAM: Eq. 11's equal real and synthetic terms; the
-# latent-prior study trains no classifier, so its images are used as CDGA uses its own: added to the data.
-SYNTHETIC_MODES = {"CDGA_PG": "union", "CDGA_IG": "union", "EDSAM": "balanced", "LatentPrior": "union"}
+DIGITSTYLES = "DigitStyles"
 CPU_DATASETS = [DIGITSTYLES, "Debug28", "Debug224"]  # run with the embedded diffusion model
 PAPERS_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
-EMBEDDED_MODEL = "embedded"
-PAPERS_MODEL = "CompVis/stable-diffusion-v1-4"
 
 
-def seed_hash(*args):
-    """A 31-bit integer hash of the arguments, stable across processes."""
-    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2 ** 31)
+class Hparams:
+    """Adds entries to DomainBed's ``{name: (default, random)}`` dict of one (algorithm, dataset, seed)."""
 
+    def __init__(self, hparams, random_seed):
+        self.hparams, self.random_seed = hparams, random_seed
 
-def extend(hparams, algorithm, dataset, random_seed):
-    """Add the plugin's entries to DomainBed's ``{name: (default, random)}`` dict, in place."""
+    def define(self, name, default_val, random_val_fn):
+        assert name not in self.hparams, name
+        random_state = np.random.RandomState(seed_hash(self.random_seed, name))
+        self.hparams[name] = (default_val, random_val_fn(random_state))
 
-    def _hparam(name, default_val, random_val_fn):
-        assert name not in hparams, name
-        random_state = np.random.RandomState(seed_hash(random_seed, name))
-        hparams[name] = (default_val, random_val_fn(random_state))
-
-    def _redefine(name, default_val, random_val_fn=None):
+    def redefine(self, name, default_val, random_val_fn=None):
         """Replace an entry DomainBed defined; keep DomainBed's random value unless a new one is given."""
         if random_val_fn is None:
-            hparams[name] = (default_val, hparams[name][1])
+            self.hparams[name] = (default_val, self.hparams[name][1])
         else:
-            del hparams[name]
-            _hparam(name, default_val, random_val_fn)
+            del self.hparams[name]
+            self.define(name, default_val, random_val_fn)
 
-    # Dataset-wide definitions for our datasets (every algorithm, DomainBed's included).
-    if dataset == DIGITSTYLES:
-        _redefine("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))  # DomainBed's small-image default
-        _redefine("weight_decay", 0.0, lambda r: 0.0)
-        _redefine("batch_size", 8, lambda r: int(2 ** r.uniform(3, 4.5)))
+
+def extend(hparams, algorithm, dataset, random_seed, entry=None):
+    """Add the plugin's entries to DomainBed's ``{name: (default, random)}`` dict, in place; ``entry`` is the
+    algorithm's catalogue entry (None for DomainBed's own algorithms)."""
+    hp = Hparams(hparams, random_seed)
+    if dataset == DIGITSTYLES:  # dataset-wide, for every algorithm (DomainBed's included)
+        hp.redefine("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))  # DomainBed's small-image default
+        hp.redefine("weight_decay", 0.0, lambda r: 0.0)
+        hp.redefine("batch_size", 8, lambda r: int(2 ** r.uniform(3, 4.5)))
         # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
-        _hparam("pretrained_featurizer", "embedded", lambda r: "embedded")
-        _hparam("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
+        hp.define("pretrained_featurizer", EMBEDDED, lambda r: EMBEDDED)
+        hp.define("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
+    if entry is None:
+        return
+    if entry.spec is not None:
+        synthetic(hp, dataset, entry.spec.synthetic_mode)
+    if entry.hparams is not None:
+        entry.hparams(hp, dataset)
 
-    if algorithm == "MIRO":
-        # MIRO's per-dataset recipe (ResNet-50, no SWAD); its search grid for the regularisation weight.
-        ld = {"PACS": 0.01, "VLCS": 0.01}.get(dataset, 0.1)
-        _hparam("ld", ld, lambda r: float(r.choice([0.001, 0.01, 0.1, 1.0])))
-        _hparam("lr_mult", 10.0, lambda r: 10.0)
-        if dataset in PAPERS_DATASETS:
-            i = PAPERS_DATASETS.index(dataset)
-            _redefine("lr", [3e-5, 1e-5, 3e-5, 3e-5, 3e-5][i])
-            _redefine("resnet_dropout", [0.0, 0.5, 0.1, 0.0, 0.1][i])
-            _redefine("weight_decay", [0.0, 1e-6, 1e-6, 1e-4, 0.0][i])
 
-    if algorithm in SYNTHETIC_ALGORITHMS:
-        # "" means <data_dir>/synthetic, where `python -m offline_generation` writes by default.
-        _hparam("synthetic_root", "", lambda r: "")
-        _hparam("synthetic_weight", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.5)))
-        # compute-matched by default (ERM's images per step), mixed as each paper trains (see SyntheticERM)
-        mode = SYNTHETIC_MODES[algorithm]
-        _hparam("synthetic_mode", mode, lambda r: mode)
+def synthetic(hp, dataset, mode):
+    """Every algorithm that trains on a generation method's images (``algorithms.SyntheticERM``)."""
+    # "" means <data_dir>/synthetic, where `python -m offline_generation` writes by default.
+    hp.define("synthetic_root", "", lambda r: "")
+    hp.define("synthetic_weight", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.5)))
+    # compute-matched by default (ERM's images per step), mixed as the method's paper trains (its spec's mode)
+    hp.define("synthetic_mode", mode, lambda r: mode)
 
-    if algorithm in ("CDGA_PG", "CDGA_IG"):
-        _hparam("cdga_images_per_pair", 1, lambda r: 1)
-        # CDGA's starred variant trains on pairs toward the test domain: uses test-domain information.
-        _hparam("cdga_star_uses_test_domain", False, lambda r: False)
 
-    if algorithm == "EDSAM":
-        _hparam("edsam_rho", 0.5, lambda r: 0.5)
-        _hparam("edsam_m", 10, lambda r: int(r.choice([3, 5, 10])))
+def miro(hp, dataset):
+    # MIRO's per-dataset recipe (ResNet-50, no SWAD); its search grid for the regularisation weight.
+    ld = {"PACS": 0.01, "VLCS": 0.01}.get(dataset, 0.1)
+    hp.define("ld", ld, lambda r: float(r.choice([0.001, 0.01, 0.1, 1.0])))
+    hp.define("lr_mult", 10.0, lambda r: 10.0)
+    if dataset in PAPERS_DATASETS:
+        i = PAPERS_DATASETS.index(dataset)
+        hp.redefine("lr", [3e-5, 1e-5, 3e-5, 3e-5, 3e-5][i])
+        hp.redefine("resnet_dropout", [0.0, 0.5, 0.1, 0.0, 0.1][i])
+        hp.redefine("weight_decay", [0.0, 1e-6, 1e-6, 1e-4, 0.0][i])
 
-    if algorithm == "DomainFusion":
-        cpu = dataset in CPU_DATASETS
-        _hparam("diffusion_model", EMBEDDED_MODEL if cpu else PAPERS_MODEL,
-                lambda r: EMBEDDED_MODEL if cpu else PAPERS_MODEL)
-        _hparam("diffusion_dtype", "auto", lambda r: "auto")
-        _hparam("image_size", 32 if cpu else 320, lambda r: 32 if cpu else 320)
-        _hparam("class_prompt", "a {}" if cpu else "a photo of a {}", lambda r: "a {}" if cpu else "a photo of a {}")
-        _hparam("lambda_raw", 1.0, lambda r: 1.0)
-        _hparam("lambda_gen", 1.0, lambda r: float(10 ** r.uniform(-1, 0.3)))
-        _hparam("lambda_gsd", 1e-3, lambda r: float(10 ** r.uniform(-4, -2)))
-        # On a CPU the UNet's jvp and the img2img refresh dominate the step: both run less often there.
-        _hparam("gsd_every", 2 if cpu else 1, lambda r: 2 if cpu else 1)
-        _hparam("gsd_t_min", 0.02, lambda r: 0.02)
-        _hparam("gsd_t_max", 0.98, lambda r: 0.98)
-        _hparam("gsd_weighting", "sds", lambda r: "sds")
-        _hparam("gsd_guidance_scale", 1.0, lambda r: 1.0)
-        _hparam("n_candidates", 2, lambda r: int(r.choice([1, 2, 5])))
-        _hparam("sampling_strategy", True, lambda r: True)
-        _hparam("content_lambda", 0.5, lambda r: float(r.uniform(0.0, 1.0)))
-        _hparam("refresh_every", 20 if cpu else 10, lambda r: int(r.choice([1, 5, 10, 20])))
-        _hparam("img2img_steps", 10 if cpu else 50, lambda r: 10 if cpu else 50)
-        _hparam("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
-        _hparam("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)
-        _hparam("lr_schedule", "cosine", lambda r: "cosine")
-        if dataset in PAPERS_DATASETS:
-            _redefine("batch_size", 8 if dataset == "DomainNet" else 16)
+
+def cdga(hp, dataset):
+    hp.define("cdga_images_per_pair", 1, lambda r: 1)
+    # CDGA's starred variant trains on pairs toward the test domain: uses test-domain information.
+    hp.define("cdga_star_uses_test_domain", False, lambda r: False)
+
+
+def edsam(hp, dataset):
+    hp.define("edsam_rho", 0.5, lambda r: 0.5)
+    hp.define("edsam_m", 10, lambda r: int(r.choice([3, 5, 10])))
+
+
+def domainfusion(hp, dataset):
+    cpu = dataset in CPU_DATASETS
+    model = EMBEDDED if cpu else PAPERS_MODEL
+    hp.define("diffusion_model", model, lambda r: model)
+    hp.define("diffusion_dtype", "auto", lambda r: "auto")
+    hp.define("image_size", 32 if cpu else 320, lambda r: 32 if cpu else 320)
+    hp.define("class_prompt", "a {}" if cpu else "a photo of a {}", lambda r: "a {}" if cpu else "a photo of a {}")
+    hp.define("lambda_raw", 1.0, lambda r: 1.0)
+    hp.define("lambda_gen", 1.0, lambda r: float(10 ** r.uniform(-1, 0.3)))
+    hp.define("lambda_gsd", 1e-3, lambda r: float(10 ** r.uniform(-4, -2)))
+    # On a CPU the UNet's jvp and the img2img refresh dominate the step: both run less often there.
+    hp.define("gsd_every", 2 if cpu else 1, lambda r: 2 if cpu else 1)
+    hp.define("gsd_t_min", 0.02, lambda r: 0.02)
+    hp.define("gsd_t_max", 0.98, lambda r: 0.98)
+    hp.define("gsd_weighting", "sds", lambda r: "sds")
+    hp.define("gsd_guidance_scale", 1.0, lambda r: 1.0)
+    hp.define("n_candidates", 2, lambda r: int(r.choice([1, 2, 5])))
+    hp.define("sampling_strategy", True, lambda r: True)
+    hp.define("content_lambda", 0.5, lambda r: float(r.uniform(0.0, 1.0)))
+    hp.define("refresh_every", 20 if cpu else 10, lambda r: int(r.choice([1, 5, 10, 20])))
+    hp.define("img2img_steps", 10 if cpu else 50, lambda r: 10 if cpu else 50)
+    hp.define("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
+    hp.define("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)
+    hp.define("lr_schedule", "cosine", lambda r: "cosine")
+    if dataset in PAPERS_DATASETS:
+        hp.redefine("batch_size", 8 if dataset == "DomainNet" else 16)

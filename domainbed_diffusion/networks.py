@@ -2,7 +2,7 @@
 
 - ``pretrained_featurizer``: load pretrained weights (DigitStyles: ``"embedded"``, see ``pretrained``).
 - ``channels_last``: lay the convolutions out channels-last; on a CPU, oneDNN's convolutions run faster in
-  that layout (measured in the README), and the arithmetic is the same up to float rounding.
+  that layout (measured in ``docs/performance.md``), and the arithmetic is the same up to float rounding.
 """
 import functools
 

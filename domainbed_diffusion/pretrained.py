@@ -8,7 +8,7 @@ included, is a style the featurizer never saw. The weights ship in the package; 
 ``pretrained_featurizer`` (DigitStyles: ``"embedded"``) loads them into DomainBed's ``Featurizer`` for every
 algorithm, and ``""`` trains from scratch.
 
-    python -m domainbed_diffusion.pretrained    # rebuild the shipped weights (about 5 min on 2 cores)
+    python -m domainbed_diffusion.pretrained    # rebuild the shipped weights (time: docs/performance.md)
 """
 import argparse
 import functools
@@ -20,14 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from . import digitstyles
-
-EMBEDDED = "embedded"
-EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded", "digitstyles-featurizer.pt")
+from .shipped import EMBEDDED, EMBEDDED_FEATURIZER_PATH
 PRETRAINING_STYLES = [s for s in digitstyles.POOL_STYLES if s not in digitstyles.DOMAINS]
 
 
 def weights_path(value):
-    return EMBEDDED_PATH if value == EMBEDDED else os.path.abspath(os.path.expanduser(str(value)))
+    return EMBEDDED_FEATURIZER_PATH if value == EMBEDDED else os.path.abspath(os.path.expanduser(str(value)))
 
 
 def load_into(network, value):
@@ -73,7 +71,7 @@ def pretraining_images(variants, holdout=0.1, seed=0):
     return render(pool[n_val:], range(variants)), render(pool[:n_val], [0])
 
 
-def pretrain(out=EMBEDDED_PATH, epochs=6, variants=6, batch_size=64, lr=2e-3, seed=0):
+def pretrain(out=EMBEDDED_FEATURIZER_PATH, epochs=6, variants=6, batch_size=64, lr=2e-3, seed=0):
     """Supervised pretraining of MNIST_CNN + a linear head on the pool's digits in the non-benchmark styles
     (Adam, one-cycle schedule); saves the featurizer's (and head's) weights and returns the held-out accuracy."""
     from domainbed import networks
@@ -120,7 +118,7 @@ def evaluate(model, x, y, batch_size=256):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Pretrain DigitStyles' featurizer on the pool's digits in the "
                                                  f"non-benchmark styles ({', '.join(PRETRAINING_STYLES)}).")
-    parser.add_argument("--out", default=EMBEDDED_PATH)
+    parser.add_argument("--out", default=EMBEDDED_FEATURIZER_PATH)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--variants", type=int, default=6, help="renderings of each pool digit in each style")
     parser.add_argument("--seed", type=int, default=0)

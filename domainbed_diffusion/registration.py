@@ -5,31 +5,49 @@ DomainBed looks algorithms up with ``globals()`` in ``domainbed.algorithms``, hy
 ``domainbed.networks.Featurizer`` (wrapped to load a pretrained one) and launchers in
 ``domainbed.command_launchers.REGISTRY``. Each handler below extends one of those modules right after it has
 executed; every handler is idempotent, so registering twice is harmless.
+
+DomainBed's sweep starts every run as a fresh ``python -m domainbed.scripts.train`` process, so registration
+happens on import, not by a flag: ``install`` puts a finder first on ``sys.meta_path`` that wraps the loader of
+each watched module (the mechanism coverage.py uses to reach subprocesses), and the ``domainbed_diffusion.pth``
+that ``pip install`` puts in site-packages calls it at interpreter start-up (through ``_autoload``). This module
+imports only the standard library at the top: it costs nothing in processes that never import DomainBed.
+Set ``DOMAINBED_DIFFUSION_DISABLE=1`` to opt out.
 """
 import functools
+import importlib.abc
+import os
 import sys
-
-from . import _autoload, context
 
 _MARK = "_domainbed_diffusion_registered"
 
 
 def _algorithms(module):
-    from . import algorithms as ours
-    for name in ours.ALGORITHMS:
-        setattr(module, name, getattr(ours, name))
-        if name not in module.ALGORITHMS:
-            module.ALGORITHMS.append(name)
+    from . import catalogue
+    for entry in catalogue.entries():
+        if _still_importing(entry):
+            continue  # its module imported DomainBed first; it calls ``register`` once its classes exist
+        setattr(module, entry.algorithm, entry.load_class())
+        if entry.algorithm not in module.ALGORITHMS:
+            module.ALGORITHMS.append(entry.algorithm)
+
+
+def _still_importing(entry):
+    """Whether the module defining the entry's class is being imported right now."""
+    if not isinstance(entry.algorithm_class, str):
+        return False
+    module = sys.modules.get(entry.algorithm_class.split(":")[0])
+    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 def _hparams_registry(module):
+    from . import catalogue
     from . import hparams_registry as ours
     stock = module._hparams
 
     @functools.wraps(stock)
     def _hparams(algorithm, dataset, random_seed):
         hparams = stock(algorithm, dataset, random_seed)
-        ours.extend(hparams, algorithm, dataset, random_seed)
+        ours.extend(hparams, algorithm, dataset, random_seed, catalogue.entry(algorithm))
         return hparams
 
     module._hparams = _hparams
@@ -37,6 +55,8 @@ def _hparams_registry(module):
 
 def _capture_context(init):
     """Wrap a dataset class's ``__init__(root, test_envs, hparams)`` to record the run context."""
+    from . import context
+
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -60,6 +80,7 @@ def _datasets(module):
 
 
 def _misc(module):
+    from . import context
     stock = module.split_dataset
 
     @functools.wraps(stock)
@@ -80,11 +101,12 @@ def _networks(module):
 
 
 def _command_launchers(module):
-    from . import launchers as ours
-    for name, launcher in ours.REGISTRY.items():
+    from .launchers import REGISTRY
+    for name, launcher in REGISTRY.items():
         module.REGISTRY.setdefault(name, launcher)
 
 
+# The DomainBed modules the plugin extends once they have finished executing, in DomainBed's import order.
 _HANDLERS = {
     "domainbed.lib.misc": _misc,
     "domainbed.networks": _networks,
@@ -93,11 +115,12 @@ _HANDLERS = {
     "domainbed.algorithms": _algorithms,
     "domainbed.command_launchers": _command_launchers,
 }
+WATCHED = tuple(_HANDLERS)
 
 
 def on_import(module):
     """Extend one DomainBed module once; later calls for the same module do nothing."""
-    if getattr(module, _MARK, False) or _autoload.disabled():
+    if getattr(module, _MARK, False) or disabled():
         return
     _HANDLERS[module.__name__](module)
     setattr(module, _MARK, True)
@@ -106,14 +129,72 @@ def on_import(module):
 def register():
     """Register into the DomainBed modules imported so far and arm the hook for the others.
 
-    Returns the names of the modules extended by this call. Honours ``DOMAINBED_DIFFUSION_DISABLE``.
+    Returns the names of the modules extended by this call. Honours ``DOMAINBED_DIFFUSION_DISABLE``. Algorithms
+    added to the catalogue after ``domainbed.algorithms`` was extended are added by calling this again.
     """
-    if not _autoload.install():
+    if not install():
         return []
     done = []
-    for name in _autoload.WATCHED:
+    for name in WATCHED:
         module = sys.modules.get(name)
-        if module is not None and not getattr(module, _MARK, False):
+        if module is None:
+            continue
+        if not getattr(module, _MARK, False):
             on_import(module)
             done.append(name)
+        elif name == "domainbed.algorithms":
+            _algorithms(module)  # idempotent: picks up catalogue entries added since
     return done
+
+
+# -- the import hook ------------------------------------------------------------------------------------------
+OPT_OUT_VARIABLE = "DOMAINBED_DIFFUSION_DISABLE"
+
+
+def disabled():
+    return os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+    """Runs the real loader, then registers the plugin into the freshly executed module."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        on_import(module)
+
+    def __getattr__(self, name):  # get_source, get_filename, ... of the wrapped loader
+        return getattr(self._loader, name)
+
+
+class PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds the watched modules with the other finders and wraps their loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in WATCHED:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RegisteringLoader(spec.loader)
+        return spec
+
+
+def install():
+    """Put the finder first on ``sys.meta_path`` (idempotent); returns whether it is armed."""
+    if disabled():
+        return False
+    if not any(isinstance(finder, PostImportFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, PostImportFinder())
+    return True

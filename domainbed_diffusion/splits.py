@@ -13,7 +13,7 @@ import os
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .hparams_registry import seed_hash
+from .seeding import seed_hash
 
 HOLDOUT_FRACTION = 0.2  # DomainBed's train script default
 TRIAL_SEEDS = (0, 1, 2)  # DomainBed's sweep default: --n_trials 3

@@ -11,22 +11,17 @@ Each env folder is an ImageFolder, so DomainBed's image datasets can read the tr
 never returns an image whose making involved a test environment (its source or guide env), and, when it is
 given the run's training split, none made from (or guided by) a validation image either.
 """
-import glob
 import json
 import os
 import re
 
 import numpy as np
-from PIL import Image
 
-from .synthetic_index import iter_records, open_index
+from .synthetic_index import SyntheticDataError, iter_records, manifest_paths, missing_images, open_index
 
-MANIFEST_GLOB = "manifest.*.jsonl"
 DEFAULT_SUBDIR = "synthetic"
-
-
-class SyntheticDataError(RuntimeError):
-    """Synthetic data is missing, or its manifest disagrees with itself or with the files."""
+__all__ = ["SyntheticDataError", "SyntheticDomains", "Selection", "ManifestWriter", "read_manifests", "env_folder",
+           "manifest_name", "safe_name", "default_root"]
 
 
 def safe_name(name):
@@ -45,15 +40,6 @@ def manifest_name(method, shard_id=0, num_shards=1):
 
 def default_root(data_dir):
     return os.path.join(data_dir, DEFAULT_SUBDIR)
-
-
-def save_png(image, path):
-    """Write a PIL image atomically: readers never see a half-written file (``.tmp`` names are ignored). The one
-    PNG writer of the project (synthetic images, DigitStyles, preview grids)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def _drop_cut_line(path):
@@ -107,9 +93,8 @@ class ManifestWriter:
 def read_manifests(dataset_root, method=None):
     """All records of ``dataset_root`` (one dataset's synthetic folder), deduplicated by file (last wins)."""
     records = {}
-    pattern = f"manifest.{method}.*.jsonl" if method else MANIFEST_GLOB
-    for path in sorted(glob.glob(os.path.join(dataset_root, pattern))):
-        for record in iter_records(path, error=SyntheticDataError):
+    for path in manifest_paths(dataset_root, method):
+        for record in iter_records(path):
             records[record["file"]] = record
     return list(records.values())
 
@@ -123,7 +108,7 @@ class SyntheticDomains:
         self.dataset_root = os.path.join(root, dataset)
 
     def exists(self, method):
-        return bool(glob.glob(os.path.join(self.dataset_root, f"manifest.{method}.*.jsonl")))
+        return bool(manifest_paths(self.dataset_root, method))
 
     def records(self, method, check_files=True):
         """The method's records; raises when there are none or when a recorded file is missing."""
@@ -138,9 +123,7 @@ class SyntheticDomains:
         if check_files:
             missing = [r["file"] for r in records if not os.path.isfile(os.path.join(self.dataset_root, r["file"]))]
             if missing:
-                raise SyntheticDataError(
-                    f"{self.dataset_root}: the {method} manifest lists {len(missing)} image(s) that are not on disk "
-                    f"(first: {missing[0]}). Re-run the generator with the same arguments: it regenerates them.")
+                raise missing_images(self.dataset_root, method, missing)
         return records
 
     def index(self, method, build_if_missing=True):
@@ -149,7 +132,7 @@ class SyntheticDomains:
             raise SyntheticDataError(f"no synthetic domains for {self.dataset}: {self.dataset_root} does not exist")
         if not self.exists(method):
             self.records(method, check_files=False)  # raises the right "no manifest" error
-        return open_index(self.dataset_root, method, build_if_missing, error=SyntheticDataError)
+        return open_index(self.dataset_root, method, build_if_missing)
 
     def select(self, method, env_names, class_names, test_envs, training_sources=None, allow_test_guides=False,
                where=None, validation_digests=None):
@@ -246,8 +229,3 @@ class Selection:
 
     def records(self):
         return [self.record(k) for k in range(len(self))]
-
-
-def load_rgb(path):
-    with Image.open(path) as img:
-        return img.convert("RGB")

@@ -34,12 +34,21 @@ REQUIRED = ("file", "method", "source_env", "class_name")  # fields every manife
 _FILE_FIELD = re.compile(r'"file": "((?:[^"\\]|\\.)*)"')
 
 
-class IndexError_(RuntimeError):
-    """Raised when no index matches the manifests and none can be built here."""
+class SyntheticDataError(RuntimeError):
+    """Synthetic data is missing, or its manifest disagrees with itself or with the files, or no index matches
+    the manifests and none can be built here."""
 
 
-def manifest_paths(dataset_root, method):
-    return sorted(glob.glob(os.path.join(dataset_root, f"manifest.{method}.*.jsonl")))
+def manifest_paths(dataset_root, method=None):
+    """The manifests of ``method`` (every method's if None) under one dataset's synthetic folder, sorted."""
+    return sorted(glob.glob(os.path.join(dataset_root, f"manifest.{method or '*'}.*.jsonl")))
+
+
+def missing_images(dataset_root, method, missing):
+    """The error for recorded images that are not on disk (``missing``: paths relative to ``dataset_root``)."""
+    return SyntheticDataError(
+        f"{dataset_root}: the {method} manifest lists {len(missing)} image(s) that are not on disk (first: "
+        f"{missing[0]}). Re-run the generator with the same arguments: it makes them again.")
 
 
 def signature(paths):
@@ -69,19 +78,18 @@ def iter_lines(path, size):
                 yield line_no, line
 
 
-def iter_records(path, size=None, error=None, required=REQUIRED):
+def iter_records(path, size=None, required=REQUIRED):
     """The records of one manifest (up to ``size`` bytes), each checked: invalid JSON or a missing field is an
-    ``error`` naming the file and line."""
-    error = error or IndexError_
+    error naming the file and line."""
     for line_no, line in iter_lines(path, os.path.getsize(path) if size is None else size):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise error(f"{path}:{line_no} is not valid JSON; remove the line or the manifest and re-run the "
+            raise SyntheticDataError(f"{path}:{line_no} is not valid JSON; remove the line or the manifest and re-run the "
                         f"generator (it resumes)") from None
         missing = [k for k in required if k not in record]
         if missing:
-            raise error(f"{path}:{line_no} lacks {missing}: not a manifest of this generator")
+            raise SyntheticDataError(f"{path}:{line_no} lacks {missing}: not a manifest of this generator")
         yield record
 
 
@@ -143,14 +151,13 @@ def _last_unique(files):
     return keep
 
 
-def build(dataset_root, method, verify=True, required=REQUIRED, error=None):
+def build(dataset_root, method, verify=True, required=REQUIRED):
     """Build the index of ``method``'s manifests under ``dataset_root`` and return its folder.
 
     ``verify`` checks that every recorded image is on disk (one directory listing per folder, not one ``stat``
     per file). Written to a temporary folder and renamed into place, so concurrent builders never expose a half
-    index (the loser's copy is discarded). ``error`` is the exception class for bad manifests.
+    index (the loser's copy is discarded).
     """
-    error = error or IndexError_
     paths = manifest_paths(dataset_root, method)
     digest, parts = signature(paths)
     final = index_dir(dataset_root, method, digest)
@@ -161,7 +168,7 @@ def build(dataset_root, method, verify=True, required=REQUIRED, error=None):
     cols = {k: array.array("i") for k in ("source_env", "guide_env", "class", "source", "guide", "sample")}
     params = {}  # name -> (rows, values)
     for path, (_, size) in zip(paths, parts):
-        for record in iter_records(path, size, error, required):
+        for record in iter_records(path, size, required):
             row = len(files)
             files.append(record["file"])
             cols["source_env"].append(envs(record["source_env"]))
@@ -179,7 +186,7 @@ def build(dataset_root, method, verify=True, required=REQUIRED, error=None):
     if not keep.all():
         files = [f for f, k in zip(files, keep) if k]
     if verify:
-        _verify_files(dataset_root, method, files, error)
+        _verify_files(dataset_root, method, files)
     n = len(files)
     tmp = f"{final}.{uuid.uuid4().hex}.tmp"
     os.makedirs(tmp)
@@ -221,7 +228,7 @@ def build(dataset_root, method, verify=True, required=REQUIRED, error=None):
     return final
 
 
-def _verify_files(dataset_root, method, files, error):
+def _verify_files(dataset_root, method, files):
     listings, missing = {}, []
     for rel in files:
         folder, name = os.path.split(rel)
@@ -234,8 +241,7 @@ def _verify_files(dataset_root, method, files, error):
         if name not in names:
             missing.append(rel)
     if missing:
-        raise error(f"{dataset_root}: the {method} manifest lists {len(missing)} image(s) that are not on disk "
-                    f"(first: {missing[0]}). Re-run the generator with the same arguments: it regenerates them.")
+        raise missing_images(dataset_root, method, missing)
 
 
 class SyntheticIndex:
@@ -284,20 +290,19 @@ class SyntheticIndex:
         return np.where(self.paths[pos] == keys, pos, -1)
 
 
-def open_index(dataset_root, method, build_if_missing=True, error=None, stream=None):
+def open_index(dataset_root, method, build_if_missing=True, stream=None):
     """The index matching the manifests on disk, built first if it is missing or stale and the folder is
     writable; a clear error naming the command otherwise."""
-    error = error or IndexError_
     digest, _ = signature(manifest_paths(dataset_root, method))
     folder = index_dir(dataset_root, method, digest)
     if not os.path.isfile(os.path.join(folder, "meta.json")):
         if not build_if_missing or not os.access(dataset_root, os.W_OK):
-            raise error(f"{dataset_root}: no index of the {method} manifests matches them (missing or stale) and "
+            raise SyntheticDataError(f"{dataset_root}: no index of the {method} manifests matches them (missing or stale) and "
                         f"it cannot be built here. Build it with:\n    python -m offline_generation index "
                         f"--synthetic_dir {os.path.dirname(dataset_root)} --dataset "
                         f"{os.path.basename(dataset_root)} --methods {method}")
         start = time.time()
-        folder = build(dataset_root, method, error=error)
+        folder = build(dataset_root, method)
         print(f"indexed the {method} manifests of {dataset_root} in {time.time() - start:.1f}s", file=stream or
               sys.stderr)
     return SyntheticIndex(folder)

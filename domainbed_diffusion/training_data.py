@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from . import splits, synthetic
-from .hparams_registry import CPU_DATASETS, EMBEDDED_MODEL, PAPERS_MODEL
+from . import catalogue, splits, synthetic
+from .files import load_rgb
+from .hparams_registry import CPU_DATASETS
+from .shipped import EMBEDDED, PAPERS_MODEL
+from .synthetic_index import missing_images
 
 
 # -- pixels <-> network inputs ------------------------------------------------------------------------------
@@ -87,13 +90,11 @@ class SyntheticImages(torch.utils.data.Dataset):
         return len(self.selection)
 
     def __getitem__(self, index):
-        path = self.selection.path(index)
         try:
-            image = synthetic.load_rgb(path)
-        except FileNotFoundError:
-            raise synthetic.SyntheticDataError(
-                f"{path} is in the {self.method} manifest but no longer on disk (removed after its index was "
-                f"built). Re-run the generator with the same arguments: it makes it again.") from None
+            image = load_rgb(self.selection.path(index))
+        except FileNotFoundError:  # removed after the index was built
+            raise missing_images(self.selection.dataset_root, self.method,
+                                 [self.selection.index.file(int(self.selection.rows[index]))]) from None
         label = int(self.selection.labels[index])
         return (self.transform(image) if self.transform else transforms.functional.to_tensor(image)), label
 
@@ -116,7 +117,7 @@ class SyntheticStream:
 
 def generator_command(ctx, method, hparams, extra=()):
     """The generator command line that makes what a run of ``method`` needs."""
-    model = EMBEDDED_MODEL if ctx.dataset_name in CPU_DATASETS else PAPERS_MODEL
+    model = EMBEDDED if ctx.dataset_name in CPU_DATASETS else PAPERS_MODEL
     parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
              "--methods", method, "--model", model, *extra]
     if hparams.get("synthetic_root"):
@@ -181,10 +182,10 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     import json
 
     from .diffusion import LatentDiffusion
-    from .generation import SPECS, TensorSources, generate_in_memory
+    from .generation.in_memory import TensorSources, generate_in_memory
     if ctx.input_shape[0] != 3:
         raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
-    model = LatentDiffusion.from_pretrained(EMBEDDED_MODEL, device="cpu", dtype="float32")
+    model = LatentDiffusion.from_pretrained(EMBEDDED, device="cpu", dtype="float32")
     mapping = PixelMapping(None, ctx.input_shape)
     envs = [ctx.env_names[i] for i in ctx.train_envs]
     parts = [ctx.training_split(i) for i in ctx.train_envs]  # the run's training images only: no leak
@@ -192,11 +193,12 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
                                                for split in parts],
                             [torch.tensor([int(y) for _, y in split]) for split in parts], envs, ctx.class_names)
     # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
-    cfg = SPECS[method].config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
+    spec = catalogue.spec(method)
+    cfg = spec.config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
                                num_samples=int(hparams.get("edsam_m", 10)), rho=hparams.get("edsam_rho", 0.5),
                                domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
                                tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
-    made = generate_in_memory(model, SPECS[method], cfg, sources, envs)
+    made = generate_in_memory(model, spec, cfg, sources, envs)
     data = {}
     for i, env in zip(ctx.train_envs, envs):
         if env not in made:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from domainbed_diffusion.generation import SPECS
+from domainbed_diffusion import catalogue
 
 SD14_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
@@ -138,15 +138,15 @@ def baseline_batched(components, n, cfg, device, dtype, batch_size):
 
 def per_image_flops(method, cfg, flops):
     """UNet + VAE FLOPs of one output image of a method (its spec's count)."""
-    return SPECS[method].method.flops(cfg, flops["unet"], flops["encode"], flops["decode"])
+    return catalogue.spec(method).runner.flops(cfg, flops["unet"], flops["encode"], flops["decode"])
 
 
-def ours(model, method, cfg, root, device):
-    """The generator's path end to end (planning, batches, writer thread): images/s."""
+def generator_throughput(model, method, cfg, root, device):
+    """The generator's path end to end (planning, batches, writer thread): images/s and peak GPU memory."""
     from .generate import make_batches, run_method
     from .sources import scan
     folder = scan(root, "Bench")
-    runner = SPECS[method].make(cfg)
+    runner = catalogue.spec(method).make(cfg)
     batches = list(make_batches(runner.plan(folder, folder.env_names), runner.units_per_batch or cfg.batch_size))
     with tempfile.TemporaryDirectory() as out:
         run_method(model, folder, method, runner, batches[:1], out, 1, 0)  # warm-up (and compilation)
@@ -165,7 +165,7 @@ def ours(model, method, cfg, root, device):
 def method_cfg(method, resolution, args):
     """The method's own defaults, at ``resolution``; latent-prior at a fixed bandwidth (no search) and few
     tries, so the benchmark times generation, not the bandwidth estimate."""
-    return SPECS[method].config(args.small, resolution=resolution, dataset="Bench", batch_size=args.batch_size,
+    return catalogue.spec(method).config(args.small, resolution=resolution, dataset="Bench", batch_size=args.batch_size,
                                 domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}),
                                 num_samples=args.edsam_m, bandwidth=0.0, max_tries=5)
 
@@ -274,10 +274,10 @@ def main(argv=None):
             method, resolution = spec.split("@")
             resolution = 32 if small else int(resolution)
             cfg = method_cfg(method, resolution, args)
-            runner = SPECS[method].method
+            runner = catalogue.spec(method).runner
             n_sources = max(runner.min_references, args.images // runner.images_per_source(cfg))
             root = _dataset(os.path.join(work, f"data-{method}-{resolution}"), resolution, n_sources)
-            rate, memory = ours(model, method, cfg, root, device)
+            rate, memory = generator_throughput(model, method, cfg, root, device)
             flops = count_flops(model, resolution)
             tflops = rate * per_image_flops(method, cfg, flops) / 1e12
             row = {"images_per_s": rate, "ratio_to_baseline": rate / base,

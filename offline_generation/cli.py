@@ -12,10 +12,15 @@ import argparse
 import shlex
 import sys
 
-from domainbed_diffusion.generation import METHODS, SPECS
+from domainbed_diffusion import catalogue
 from domainbed_diffusion.synthetic import SyntheticDataError
 
 SUBCOMMANDS = ("generate", "index", "preview", "samples", "prepare", "train-embedded", "benchmark")
+
+
+def _methods(names):
+    """``--methods`` as given, with ``all`` for every generation method of the catalogue."""
+    return list(catalogue.methods()) if "all" in names else list(names)
 
 
 def _generation_arguments(parser):
@@ -43,9 +48,9 @@ def _generation_arguments(parser):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch_size", type=int, default=32, help="images per batch")
     g = parser.add_argument_group("methods")
-    g.add_argument("--methods", nargs="+", default=["all"], help=f"{', '.join(METHODS)} or all")
+    g.add_argument("--methods", nargs="+", default=["all"], help=f"{', '.join(catalogue.methods())} or all")
     seen = set()
-    for spec in SPECS.values():  # each method's own settings, declared once in its spec
+    for spec in catalogue.specs().values():  # each method's own settings, declared once in its spec
         for option in spec.options:
             if option.name not in seen:
                 seen.add(option.name)
@@ -64,10 +69,10 @@ def _generation_arguments(parser):
 
 
 def _finish_generation_args(args, parser):
-    methods = list(METHODS) if "all" in args.methods else args.methods
-    unknown = [m for m in methods if m not in METHODS]
+    methods = _methods(args.methods)
+    unknown = [m for m in methods if m not in catalogue.methods()]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)} or all")
+        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(catalogue.methods())} or all")
     args.methods = methods
     if (args.shard_id is None) != (args.num_shards is None):
         parser.error("--num_shards and --shard_id go together")
@@ -92,13 +97,13 @@ def _drop_option(argv, flag, takes_value):
 
 def submit_shards(argv, args):
     """An sbatch job array whose task k runs this very command as shard k of ``--slurm`` shards."""
-    from domainbed_diffusion.launchers import SlurmConfig, slurm_launcher
+    from domainbed_diffusion.launchers.slurm import SlurmConfig, launcher
     argv = _drop_option(_drop_option(argv, "--slurm", True), "--submit", False)
     commands = [" ".join([shlex.quote(sys.executable), "-m", "offline_generation", *map(shlex.quote, argv),
                           "--num_shards", str(args.slurm), "--shard_id", str(k)]) for k in range(args.slurm)]
     config = SlurmConfig.from_env()
     config.job_name = f"generate-{args.dataset}"
-    return slurm_launcher(commands, config, submit=args.submit)
+    return launcher(commands, config, submit=args.submit)
 
 
 def generate_main(argv):
@@ -136,13 +141,13 @@ def index_main(argv):
     from domainbed_diffusion.synthetic import default_root
     from domainbed_diffusion.synthetic_index import build, manifest_paths
     dataset_root = os.path.join(args.synthetic_dir or default_root(args.data_dir), args.dataset)
-    methods = list(METHODS) if "all" in args.methods else args.methods
+    methods = _methods(args.methods)
     found = [m for m in methods if manifest_paths(dataset_root, m)]
     if not found:
         raise FileNotFoundError(f"{dataset_root} has no manifest of {methods}: generate first")
     for method in found:
         start = time.time()
-        folder = build(dataset_root, method, verify=not args.no_verify, error=SyntheticDataError)
+        folder = build(dataset_root, method, verify=not args.no_verify)
         print(f"{method}: {folder} ({time.time() - start:.1f}s)")
     return 0
 
@@ -161,7 +166,7 @@ def preview_main(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="PNG file to write")
     args = parser.parse_args(argv)
-    args.methods = list(METHODS) if "all" in args.methods else args.methods
+    args.methods = _methods(args.methods)
     from .preview import preview
     return preview(args)
 
@@ -197,8 +202,10 @@ def train_embedded_main(argv):
     parser.add_argument("--unet_steps", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .train_embedded import EMBEDDED_PATH, train
-    return train(args.data_dir, args.out or EMBEDDED_PATH, args.vae_steps, args.unet_steps, seed=args.seed)
+    from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH
+
+    from .train_embedded import train
+    return train(args.data_dir, args.out or EMBEDDED_MODEL_PATH, args.vae_steps, args.unet_steps, seed=args.seed)
 
 
 def benchmark_main(argv):
@@ -209,8 +216,8 @@ def benchmark_main(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
-    handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main, "prepare": prepare_main,
-               "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+    handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
+               "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     from .generate import WorkerFailed
     try:
         handler(argv)

@@ -23,19 +23,19 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from domainbed_diffusion.synthetic import (ManifestWriter, SyntheticDataError, default_root, manifest_name,
-                                           save_png)
+from domainbed_diffusion import catalogue
+from domainbed_diffusion.files import save_png
+from domainbed_diffusion.generation import make_batches
+from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name
 from domainbed_diffusion.synthetic_index import build as build_index
 from domainbed_diffusion.synthetic_index import manifest_paths, recorded_file_names
-
-from domainbed_diffusion.generation import SPECS, make_batches
 
 from .sources import scan
 
 
 def method_config(args, method, embedded):
     """The settings of one method: the command line's, else the method's defaults for the model in use."""
-    return SPECS[method].config(embedded, **vars(args))
+    return catalogue.spec(method).config(embedded, **vars(args))
 
 
 def shard_of(batches, num_shards, shard_id):
@@ -166,7 +166,7 @@ class Writer(threading.Thread):
 
 def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0):
     cfg = method_config(args, method, embedded)
-    runner = SPECS[method].make(cfg)
+    runner = catalogue.spec(method).make(cfg)
     return cfg, runner, Plan(runner, folder, envs, runner.units_per_batch or cfg.batch_size, num_shards, shard_id)
 
 
@@ -265,7 +265,7 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     rate = made / elapsed if elapsed > 0 else 0.0
     print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); "
           f"{already} were already done; output {out_root}", file=stream)
-    build_index(out_root, method, error=SyntheticDataError)
+    build_index(out_root, method)
     if infos:
         print("\n".join(infos), file=stream)
     return made
@@ -286,9 +286,8 @@ def worker_commands(argv, workers, num_shards=1, shard_id=0):
 def run_workers(argv, args, stream=None, command=None):
     """``--workers W``: W processes of one thread each, as shards of this command, then one index per method.
 
-    On a CPU one thread per process is at least as fast as threads in one process (the main job's generation:
-    13.1 min with 2 workers, 13.9 as one process of 2 threads) and makes the bytes independent of the machine's
-    cores and of W. Worker 1 shows its progress; the others' output follows when they end.
+    On a CPU one thread per process is at least as fast as threads in one process (``docs/performance.md``) and
+    makes the bytes independent of the machine's cores and of W. Worker 1 shows its progress; the others' output follows when they end.
     ``command`` (the arguments as given, ``--workers`` included) is what a failure says to rerun.
     """
     stream = stream or sys.stdout
@@ -325,6 +324,6 @@ def run_workers(argv, args, stream=None, command=None):
     out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
     for method in args.methods:  # the workers built theirs as each finished; this one sees every shard's records
         if manifest_paths(out_root, method):
-            build_index(out_root, method, error=SyntheticDataError)
+            build_index(out_root, method)
     print(f"{args.workers} workers finished in {time.time() - start:.1f}s", file=stream, flush=True)
     return {}

@@ -10,7 +10,8 @@ import numpy as np
 
 from PIL import Image, ImageDraw
 
-from domainbed_diffusion.synthetic import Selection, SyntheticDomains, default_root, load_rgb, save_png
+from domainbed_diffusion.files import load_rgb, save_png
+from domainbed_diffusion.synthetic import Selection, SyntheticDomains, default_root
 
 from .sources import dataset_root
 

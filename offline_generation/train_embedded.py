@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from domainbed_diffusion import digitstyles
 from domainbed_diffusion.diffusion import tiny
-from domainbed_diffusion.diffusion.loading import EMBEDDED_PATH
 from domainbed_diffusion.methods.cdga import DOMAIN_DESCRIPTIONS
+from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH
 
 
 def vocabulary():
@@ -112,7 +112,7 @@ def train_denoiser(unet, text_encoder, scheduler, latents, ids, steps, batch_siz
     return ema_unet, ema_text
 
 
-def train(data_dir, out=EMBEDDED_PATH, vae_steps=2000, unet_steps=8000, vae_batch=32, unet_batch=64, seed=0,
+def train(data_dir, out=EMBEDDED_MODEL_PATH, vae_steps=2000, unet_steps=8000, vae_batch=32, unet_batch=64, seed=0,
           threads=None):
     if threads:
         torch.set_num_threads(threads)

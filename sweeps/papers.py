@@ -22,20 +22,18 @@ import shlex
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from domainbed_diffusion.generation import SPECS  # noqa: E402  (the repository first on the path)
+from domainbed_diffusion import catalogue
+from domainbed_diffusion.hparams_registry import PAPERS_DATASETS as DATASETS
+from domainbed_diffusion.shipped import PAPERS_MODEL as MODEL
 
-DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
-ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
-MODEL = "CompVis/stable-diffusion-v1-4"
+ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
 BACKBONE = {"resnet50_augmix": False, "freeze_bn": True}
 TRIALS = 3  # the sweep's --n_trials; the generator fits guides and priors to these trials' splits
 
 
 def commands(args):
     gen = []
-    for method in SPECS:  # each with its spec's defaults, the papers' settings
+    for method in catalogue.methods():  # each with its spec's defaults, the papers' settings
         base = ["-m", "offline_generation", "--dataset", args.dataset, "--data_dir", args.data_dir, "--methods",
                 method, "--model", MODEL, "--dtype", "float16", "--batch_size", "32",
                 "--trial_seeds", *map(str, range(TRIALS))]

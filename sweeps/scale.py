@@ -2,7 +2,7 @@
 generator's plan and resume over a 600k-image folder tree. Prints the reader before the index as the baseline,
 measured in the same invocation.
 
-    python sweeps/scale.py                       # 1M and 6M records, pool, generator (about 25 minutes, ~6 GB disk)
+    python sweeps/scale.py                       # 1M and 6M records, pool, generator (cost: docs/performance.md)
     python sweeps/scale.py --records 1000000     # one size
     python sweeps/scale.py --parts reader        # reader | workers | pool | generator
 
@@ -20,9 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 ENVS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 CLASSES = [f"class_{k:03d}_{'object' * (1 + k % 3)}" for k in range(345)]

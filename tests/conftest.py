@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import domainbed_diffusion._autoload as autoload
+from domainbed_diffusion import registration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINBED_DIR = os.environ.get("DOMAINBED_DIR")
@@ -16,7 +16,7 @@ if DOMAINBED_DIR:
     DOMAINBED_DIR = os.path.abspath(DOMAINBED_DIR)
     sys.path.insert(0, DOMAINBED_DIR)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [DOMAINBED_DIR, REPO, os.environ.get("PYTHONPATH")] if p)
-autoload.install()  # an install from source (no .pth in site-packages) still registers
+registration.install()  # an install from source (no .pth in site-packages) still registers
 
 HAVE_DOMAINBED = importlib.util.find_spec("domainbed") is not None
 DOMAINBED_REASON = ("DomainBed not found: set DOMAINBED_DIR to a DomainBed checkout "

@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from domainbed_diffusion.generation import SPECS
+from domainbed_diffusion import catalogue
 
 from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
 pytestmark = needs_domainbed
 
-SYNTHETIC = {spec.algorithm: spec.name for spec in SPECS.values()}
-OURS = ["MIRO", *SYNTHETIC, "DomainFusion"]
+SYNTHETIC = {spec.algorithm: spec.name for spec in catalogue.specs().values()}
+OURS = list(catalogue.algorithms())
 INSTALLED = os.path.isfile(os.path.join(sysconfig.get_paths()["purelib"], "domainbed_diffusion.pth"))
 needs_install = pytest.mark.skipif(not INSTALLED, reason="the package is not installed (pip install -e .), so "
                                    "fresh processes cannot register it")
@@ -442,11 +442,11 @@ def test_cdga_ig_loses_no_pair_to_a_validation_guide_in_a_planned_trial(syntheti
 
 def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_as_oracle(digitstyles_dir):
     from domainbed_diffusion import pretrained
-    shipped = torch.load(pretrained.EMBEDDED_PATH, weights_only=True)["featurizer"]
-    for name in ["ERM", "MIRO", "CDGA_PG", "DomainFusion"]:
+    shipped = torch.load(pretrained.EMBEDDED_FEATURIZER_PATH, weights_only=True)["featurizer"]
+    for name in ["ERM", *OURS]:
         hparams = hparams_registry.default_hparams(name, "DigitStyles")
         assert hparams["pretrained_featurizer"] == "embedded"
-        if name == "CDGA_PG":
+        if name in SYNTHETIC:
             continue  # needs synthetic data: the train-script test below covers every algorithm
         dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
         algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
@@ -480,7 +480,7 @@ def test_channels_last_featurizer_computes_what_the_default_layout_computes():
 @needs_install
 def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path):
     from domainbed_diffusion import pretrained
-    shipped = torch.load(pretrained.EMBEDDED_PATH, weights_only=True)["featurizer"]
+    shipped = torch.load(pretrained.EMBEDDED_FEATURIZER_PATH, weights_only=True)["featurizer"]
     for name, hparams in (("MIRO", {}), ("ERM", {"pretrained_featurizer": ""})):
         out = str(tmp_path / name)
         result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name,
@@ -511,10 +511,10 @@ def test_cpu_parallel_forks_runs_that_match_a_process_per_run(digitstyles_dir, t
     """The preloaded lanes run the stock script: the same records as one process per run, failures counted."""
     import io
 
-    from domainbed_diffusion import launchers
+    from domainbed_diffusion.launchers import cpu_parallel, train_server
     served = []
-    submit = launchers._TrainServer.submit
-    monkeypatch.setattr(launchers._TrainServer, "submit", lambda self, a: served.append(a) or submit(self, a))
+    submit = train_server.TrainServer.submit
+    monkeypatch.setattr(train_server.TrainServer, "submit", lambda self, a: served.append(a) or submit(self, a))
     names = ["ERM", "MIRO"]
     records = {}
     for mode, preload in (("forked", "1"), ("processes", "0")):
@@ -523,7 +523,7 @@ def test_cpu_parallel_forks_runs_that_match_a_process_per_run(digitstyles_dir, t
                     f"DigitStyles --hparams '{{\"lr\": 0.002}}' --output_dir {tmp_path / mode / name} --steps 3 "
                     "--checkpoint_freq 2 --test_envs 1" for name in names]
         commands.append(f"python -m domainbed.scripts.train --dataset NoSuch --output_dir {tmp_path / mode / 'bad'}")
-        assert launchers.cpu_parallel_launcher(commands, lanes=2, stream=io.StringIO()) == 1
+        assert cpu_parallel.launcher(commands, lanes=2, stream=io.StringIO()) == 1
         records[mode] = [_run_record(tmp_path / mode / name) for name in names]
         assert all(os.path.exists(tmp_path / mode / name / "done") for name in names)
         assert "env1_in_acc" in (tmp_path / mode / "ERM" / "out.txt").read_text()  # the script's own Tee log

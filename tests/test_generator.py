@@ -134,10 +134,10 @@ def test_latent_prior_bandwidth_is_one_per_domain_whatever_the_shard(tiny_datase
 
 
 def test_latent_prior_bandwidth_references_take_classes_in_turn():
-    from domainbed_diffusion.generation import LatentPriorMethod
+    from domainbed_diffusion.generation.latent_prior import LatentPriorRunner
     from domainbed_diffusion.methods import cdga
     training = {"cat": ["c1", "c2", "c3"], "dog": ["d1"], "eel": ["e1", "e2"]}
-    picked = LatentPriorMethod.domain_references(training, 5)
+    picked = LatentPriorRunner.domain_references(training, 5)
     assert [p for p, _ in picked] == ["c1", "d1", "e1", "c2", "e2"]
     assert dict(picked)["d1"] == cdga.class_prompt("dog") != dict(picked)["c1"]
 

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from domainbed_diffusion import launchers
+from domainbed_diffusion.launchers import cpu_parallel, train_server
 
 from conftest import REPO
 
@@ -12,23 +12,23 @@ from conftest import REPO
 def test_only_domainbeds_train_command_goes_to_the_train_server():
     command = ("python -m domainbed.scripts.train --algorithm ERM --hparams '{\"lr\": 0.001, \"a b\": [1]}' "
                "--output_dir '/tmp/with space' --test_envs 0 1")
-    assert launchers._train_arguments(command) == ["--algorithm", "ERM", "--hparams", '{"lr": 0.001, "a b": [1]}',
-                                                   "--output_dir", "/tmp/with space", "--test_envs", "0", "1"]
-    assert launchers._train_arguments("python -m domainbed.scripts.sweep launch") is None
-    assert launchers._train_arguments("python -m domainbed.scripts.train --hparams '{unclosed") is None
-    assert launchers._train_arguments("echo python -m domainbed.scripts.train") is None
+    assert train_server.train_arguments(command) == ["--algorithm", "ERM", "--hparams", '{"lr": 0.001, "a b": [1]}',
+                                                       "--output_dir", "/tmp/with space", "--test_envs", "0", "1"]
+    assert train_server.train_arguments("python -m domainbed.scripts.sweep launch") is None
+    assert train_server.train_arguments("python -m domainbed.scripts.train --hparams '{unclosed") is None
+    assert train_server.train_arguments("echo python -m domainbed.scripts.train") is None
 
 
 def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(launchers, "_TrainServer", None)  # no train command here: no server may be started
+    monkeypatch.setattr(train_server, "TrainServer", None)  # no train command here: no server may be started
     marks = [tmp_path / f"ran{i}" for i in range(5)]
     commands = [f"python -c \"open({str(m)!r}, 'w').close(); import sys; sys.exit({i % 2 * 3})\""
                 for i, m in enumerate(marks)]
     stream = io.StringIO()
-    assert launchers.cpu_parallel_launcher(commands, lanes=2, stream=stream) == 2
+    assert cpu_parallel.launcher(commands, lanes=2, stream=stream) == 2
     assert all(m.exists() for m in marks)
     assert "5/5 runs finished (2 failed)" in stream.getvalue()
-    assert launchers._this_python("python -c 1").startswith(sys.executable)
+    assert cpu_parallel._this_python("python -c 1").startswith(sys.executable)
 
 
 FAKE_SCRIPT = '''
@@ -49,7 +49,7 @@ def test_train_server_runs_the_module_per_job_and_returns_its_exit_status(tmp_pa
     (tmp_path / "fake_train.py").write_text(FAKE_SCRIPT)
     paths = [str(tmp_path), REPO, os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
-    server = launchers._TrainServer(env, module="fake_train")
+    server = train_server.TrainServer(env, module="fake_train")
     cases = {"0": 0, "3": 3, "none": 0, "raise": 1, "a message": 1}
     runs = {code: server.submit([str(tmp_path / f"argv{i}"), code, "two words", '{"j": 1}'])
             for i, code in enumerate(cases)}

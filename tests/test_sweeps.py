@@ -24,14 +24,14 @@ def test_papers_generation_fits_the_trials_the_sweep_runs():
 
 
 def row(accuracies_per_trial, seconds, images=24):
-    main = load("digitstyles")
+    main = load("main_job")
     per_env = {e: main._mean_sem(v) for e, v in enumerate(zip(*accuracies_per_trial))}
     return dict(test_env=per_env, average=main._mean_sem([sum(t) / len(t) for t in accuracies_per_trial]),
                 images_per_step=images, seconds_per_step=seconds, seconds_vs_erm=None)
 
 
 def test_standard_error_and_the_two_standard_error_mark():
-    main = load("digitstyles")
+    main = load("main_job")
     stats = main._mean_sem([0.5, 0.6, 0.7])
     assert math.isclose(stats["mean"], 0.6) and math.isclose(stats["sem"], 0.1 / math.sqrt(3))  # ddof=1
     erm = row([[0.40, 0.40], [0.42, 0.42], [0.44, 0.44]], 0.2)

@@ -131,7 +131,7 @@ def test_selection_is_leak_free_and_a_vanished_file_is_named_when_loaded(synthet
     index = pickle.loads(pickle.dumps(selected[1].index))
     assert len(pickle.dumps(selected[1].index)) < 500 and index.file(3) == selected[1].index.file(3)
     os.remove(images.selection.path(0))
-    with pytest.raises(SyntheticDataError, match="no longer on disk.*Re-run the generator"):
+    with pytest.raises(SyntheticDataError, match="not on disk.*Re-run the generator"):
         images[0]
     # where-filters are vectorised over the index's columns
     none = domains.select("cdga-ig", ENVS, CLASSES, [], where=lambda ix: ix.param("rho") < 0.5)

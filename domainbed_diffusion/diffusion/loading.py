@@ -9,9 +9,8 @@ import re
 
 import torch
 
-EMBEDDED = "embedded"
-EMBEDDED_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "embedded",
-                             "digitstyles-ldm")
+from ..shipped import EMBEDDED, EMBEDDED_MODEL_PATH
+
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -50,10 +49,10 @@ def resolve_model(name_or_path):
     """The local folder of a model name: ``embedded``, a folder, or a Hugging Face id in the local cache."""
     name = (name_or_path or EMBEDDED).strip()
     if name == EMBEDDED:
-        if not os.path.isdir(EMBEDDED_PATH):
-            raise CheckpointError(f"the embedded model is missing from {EMBEDDED_PATH}: reinstall the package, or "
+        if not os.path.isdir(EMBEDDED_MODEL_PATH):
+            raise CheckpointError(f"the embedded model is missing from {EMBEDDED_MODEL_PATH}: reinstall the package, or "
                                   f"train it with `python -m offline_generation train-embedded --data_dir <dir>`")
-        return validate_checkpoint(EMBEDDED_PATH)
+        return validate_checkpoint(EMBEDDED_MODEL_PATH)
     if _looks_like_path(name):
         path = os.path.abspath(os.path.expanduser(name))
         if not os.path.exists(path):
@@ -127,7 +126,7 @@ def model_id(folder):
             digest.update(f.read())
     weights = [os.path.join(folder, "unet", n) for n in sorted(os.listdir(os.path.join(folder, "unet")))
                if n.endswith((".safetensors", ".bin"))]
-    if folder == os.path.abspath(EMBEDDED_PATH):
+    if folder == os.path.abspath(EMBEDDED_MODEL_PATH):
         for path in weights:
             with open(path, "rb") as f:
                 digest.update(f.read())

@@ -1,6 +1,6 @@
 """The main job on the embedded default: DigitStyles from data to a results table, on a CPU.
 
-    python sweeps/digitstyles.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles] [--trials N] [--steps N]
+    python sweeps/main_job.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles] [--trials N] [--steps N]
 
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
 2. generates every method's synthetic domains with the embedded diffusion model (resumable);
@@ -18,11 +18,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from domainbed_diffusion.generation import SPECS  # noqa: E402  (the repository first on the path)
+from domainbed_diffusion import catalogue
 
-ALGORITHMS = ["ERM", "MIRO", *(spec.algorithm for spec in SPECS.values()), "DomainFusion"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
 GET_DOMAINBED = """DomainBed is not importable, so the sweep cannot run (data and synthetic domains are ready).
 Get it once, then run this command again (it resumes):
 
@@ -205,7 +204,7 @@ def main(argv=None):
     step("2/5 synthetic domains with the embedded model")
     from offline_generation.cli import main as generate
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
-    from domainbed_diffusion.launchers import default_lanes
+    from domainbed_diffusion.launchers.cpu_parallel import default_lanes
     workers = args.lanes or default_lanes()  # the sweep's lanes: one thread each, the same bytes on any machine
     code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
                      "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64",

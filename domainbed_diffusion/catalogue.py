@@ -1,0 +1,119 @@
+"""The catalogue: every algorithm the plugin adds to DomainBed, in the order tables show them, and for each one
+that trains on generated images, its generation method's ``MethodSpec``.
+
+Everything that lists algorithms or generation methods derives from here: DomainBed's registration and
+hyperparameters, the generator's ``--methods``, the synthetic-data algorithms' mixing and split rules, the sweeps
+and the tests. Online algorithms (MIRO, DomainFusion) are entries with no spec. A method of another package joins
+with ``add`` in-process, or, so that every process of a sweep sees it, through the entry-point group
+``domainbed_diffusion.catalogue`` (each entry point names a ``MethodSpec`` or an ``Entry``).
+"""
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from . import hparams_registry
+from .generation.base import MethodSpec
+
+ENTRY_POINT_GROUP = "domainbed_diffusion.catalogue"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One DomainBed algorithm of the plugin."""
+    algorithm: str  # DomainBed's name for it
+    algorithm_class: Any  # the class, or "module:Class" (imported only when DomainBed registers it)
+    hparams: Optional[Callable] = None  # its hyperparameter block: ``block(hparams, dataset)``
+    spec: Optional[MethodSpec] = None  # the generation method it trains on (None: it generates online or not at all)
+
+    @classmethod
+    def of(cls, spec):
+        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec)
+
+    def load_class(self):
+        if not isinstance(self.algorithm_class, str):
+            return self.algorithm_class
+        module, name = self.algorithm_class.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# The plugin's own algorithms, in table order: an Entry, or the module of a generation method (its ``SPEC``).
+BUILTIN = (
+    Entry("MIRO", "domainbed_diffusion.algorithms:MIRO", hparams_registry.miro),
+    "domainbed_diffusion.generation.cdga_pg",
+    "domainbed_diffusion.generation.cdga_ig",
+    "domainbed_diffusion.generation.edsam",
+    "domainbed_diffusion.generation.latent_prior",
+    Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion),
+)
+_added = []  # entries given to ``add`` in this process
+_loaded = None  # the built-in and entry-point entries, read once
+
+
+def _as_entry(item, where):
+    if isinstance(item, str):
+        item = importlib.import_module(item).SPEC
+    if isinstance(item, MethodSpec):
+        return Entry.of(item)
+    if isinstance(item, Entry):
+        return item
+    raise TypeError(f"{where}: a catalogue entry is a MethodSpec or a catalogue.Entry, not {type(item).__name__}")
+
+
+def _entry_points():
+    from importlib.metadata import entry_points
+    return [(f"entry point {ep.name} = {ep.value}", ep.load()) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def entries():
+    """Every entry: the built-in ones, those of installed packages' entry points, then those added here."""
+    global _loaded
+    if _loaded is None:
+        _loaded = [_as_entry(item, "catalogue.BUILTIN") for item in BUILTIN]
+        _loaded += [_as_entry(item, where) for where, item in _entry_points()]
+    return tuple(_loaded + _added)
+
+
+def add(item):
+    """Add a ``MethodSpec`` or ``Entry`` in this process (call ``domainbed_diffusion.register()`` afterwards if
+    DomainBed's algorithms module is already imported); returns its entry."""
+    entry = _as_entry(item, "catalogue.add")
+    names = {e.algorithm for e in entries()}
+    methods = {e.spec.name for e in entries() if e.spec is not None}
+    if entry.algorithm in names or (entry.spec is not None and entry.spec.name in methods):
+        raise ValueError(f"catalogue.add: {entry.algorithm} (method {entry.spec and entry.spec.name}) is already in "
+                         f"the catalogue")
+    _added.append(entry)
+    return entry
+
+
+def remove(algorithm):
+    """Remove an entry given to ``add`` (built-in ones stay)."""
+    _added[:] = [e for e in _added if e.algorithm != algorithm]
+
+
+def algorithms():
+    """The plugin's DomainBed algorithm names, in table order."""
+    return tuple(e.algorithm for e in entries())
+
+
+def entry(algorithm):
+    """The entry of a DomainBed algorithm name, or None (DomainBed's own algorithms)."""
+    return next((e for e in entries() if e.algorithm == algorithm), None)
+
+
+def specs():
+    """``{generation method name: MethodSpec}``, in table order."""
+    return {e.spec.name: e.spec for e in entries() if e.spec is not None}
+
+
+def methods():
+    """The generation methods' names (the generator's ``--methods``)."""
+    return tuple(specs())
+
+
+def spec(method):
+    """The ``MethodSpec`` of a generation method name; an unknown one is an error listing the known ones."""
+    found = specs().get(method)
+    if found is None:
+        raise KeyError(f"no generation method {method!r} in the catalogue: known are {', '.join(methods())}")
+    return found

@@ -1,0 +1,191 @@
+"""What every generation method shares: the plan's data model, batching, the ``Runner`` base class and the
+``MethodSpec`` that names a method, its algorithm and its settings.
+
+A plan is a stream of units in a fixed order (one source image for CDGA, a source image and its M samples for
+ED-SAM, an (env, class) group for latent-prior), generated as it is consumed: a DomainNet plan is millions of
+images and is never held whole. Every output image has a seed derived from its own path, so what it looks like
+depends neither on the batch it was made in nor on the shard that made it.
+
+Sources are any object with ``name``, ``images`` (``SourceImage`` list), ``by_env_class``, ``class_names``,
+``validation(trial_seeds, holdout_fraction)`` and ``load(rel_paths, resolution, report) -> (pixels (B, 3, R, R)
+in [0, 1] or None, indices read)``: the generator's dataset folder, or ``in_memory.TensorSources`` for tensors.
+"""
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .. import splits
+from ..seeding import seed_hash
+from ..synthetic import env_folder, safe_name
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    env: str
+    class_name: str
+    rel_path: str  # relative to the dataset folder: "<env>/<class>/<file>"
+
+
+@dataclass
+class Item:
+    """One output image and its provenance (becomes one manifest record)."""
+    file: str
+    method: str
+    source_env: str
+    class_name: str
+    seed: int
+    sample: int = 0
+    source: Optional[str] = None
+    guide_env: Optional[str] = None
+    guide: Optional[str] = None
+    prompt: str = ""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Unit:
+    """Items made together: their source image(s) are loaded and encoded once."""
+    items: List[Item]
+    key: str
+    references: Tuple[str, ...] = ()  # the images a method fits on (latent-prior's prior), when not the key
+    domain: Tuple[str, Tuple[Tuple[str, str], ...]] = ()  # latent-prior: (key, ((image, prompt), ...)) of its domain
+
+    @property
+    def size(self):
+        return len(self.items)
+
+
+def make_batches(units, batch_size):
+    """Consecutive units packed into batches of at most ``batch_size`` images (a unit is never split); a
+    generator, so a plan of millions of images is never held whole."""
+    current, size = [], 0
+    for unit in units:
+        if current and size + unit.size > batch_size:
+            yield current
+            current, size = [], 0
+        current.append(unit)
+        size += unit.size
+    if current:
+        yield current
+
+
+def to_uint8(images):
+    return (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def stem(rel_path):
+    """A source image's file name without extension, folder-safe: the start of its outputs' names."""
+    return safe_name(os.path.splitext(os.path.basename(rel_path))[0])
+
+
+class Runner:
+    """A generation method's orchestration: ``plan`` yields units, ``run`` makes a batch of them. The math it
+    calls lives in ``domainbed_diffusion.methods``, shared with the algorithms."""
+    name = ""
+    units_per_batch = None  # None: as many as fit in the batch size
+    min_references = 1  # source images an (env, class) needs before the method can use it
+
+    def __init__(self, cfg):
+        self.cfg = cfg  # a namespace of this method's resolved settings (``MethodSpec.config``)
+
+    def seed(self, *keys):
+        return seed_hash(self.cfg.seed, self.name, self.cfg.dataset, *keys)
+
+    def params(self):
+        c = self.cfg
+        return dict(steps=c.steps, strength=c.strength, guidance=c.guidance, resolution=c.resolution)
+
+    def item(self, source_env, class_name, name, seed_keys, guide_env=None, params=None, **fields):
+        """The ``Item`` of one output image: its file under the method's env folder, its seed from ``seed_keys``
+        (its path's parts), its parameters (``params()`` unless given) and provenance ``fields``."""
+        file = f"{env_folder(self.name, source_env, guide_env)}/{safe_name(class_name)}/{name}.png"
+        return Item(file=file, method=self.name, source_env=source_env, class_name=class_name,
+                    seed=self.seed(*seed_keys), guide_env=guide_env,
+                    params=self.params() if params is None else params, **fields)
+
+    def plan(self, sources, envs):
+        """Yield the units of work in a fixed order."""
+        raise NotImplementedError
+
+    def run(self, model, units, sources, report):
+        """``[(item, uint8 HxWx3 image)]`` for the units' items; unreadable sources are reported and skipped."""
+        raise NotImplementedError
+
+    @staticmethod
+    def images_per_source(cfg):
+        return 1
+
+    @staticmethod
+    def flops(cfg, unet, encode, decode):
+        """UNet + VAE FLOPs of one output image, from one UNet call's and one encode's and decode's."""
+        raise NotImplementedError
+
+    def encode_sources(self, model, units, sources, report):
+        """The units whose source image could be read, and those images' VAE latents (one per unit)."""
+        pixels, ok = sources.load([u.key for u in units], self.cfg.resolution, report)
+        if pixels is None:
+            return [], None
+        return [units[i] for i in ok], model.encode_images(pixels.to(model.device))
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method's setting: a command-line flag of the generator, with its default."""
+    name: str
+    default: Any
+    type: Callable = str
+    help: str = ""
+    nargs: Any = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A generation method and the DomainBed algorithm that trains on its images: the catalogue's unit."""
+    name: str  # the generator's --methods name and the manifests' "method"
+    algorithm: str  # the DomainBed algorithm that trains on its images
+    runner: type  # its Runner subclass
+    sampling: Dict[str, Any]  # steps, strength, guidance, resolution: the paper's
+    embedded_sampling: Dict[str, Any]  # the same for the embedded DigitStyles model (32 px)
+    algorithm_class: Union[str, type]  # the algorithm's class, or "module:Class" (imported when DomainBed is)
+    synthetic_mode: str = "union"  # how the algorithm mixes real and synthetic images (``SyntheticERM``)
+    per_split: bool = False  # images fitted on one train/validation split: a run uses only its own split's
+    hparams: Optional[Callable] = None  # the algorithm's own hyperparameter block (``hparams_registry``)
+    options: Tuple[Option, ...] = ()
+    fixed: Dict[str, Any] = field(default_factory=dict)  # settings the method does not take from the command line
+
+    def config(self, embedded=False, **given):
+        """The method's settings: ``given`` values (None: not given) over its defaults for the model in use."""
+        cfg = SimpleNamespace(seed=0, dataset="", batch_size=32)
+        defaults = dict(self.embedded_sampling if embedded else self.sampling)
+        defaults.update((o.name, o.default) for o in self.options)
+        for key, value in given.items():
+            setattr(cfg, key, value)
+        for key, value in defaults.items():
+            if getattr(cfg, key, None) is None:
+                setattr(cfg, key, value)
+        for key, value in self.fixed.items():
+            setattr(cfg, key, value)
+        if isinstance(getattr(cfg, "tolerance", None), list):
+            cfg.tolerance = tuple(cfg.tolerance)
+        return cfg
+
+    def make(self, cfg):
+        return self.runner(cfg)
+
+
+# Options and sampling shared by several methods.
+IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)")
+# DomainBed's train/validation split of the trials a sweep will run: what a method fits on an env comes from it
+TRIAL_SEEDS = Option("trial_seeds", list(splits.TRIAL_SEEDS), int, "CDGA-IG, latent-prior: the sweep's trial "
+                     "seeds, whose train/validation splits guides and priors must respect", nargs="+")
+HOLDOUT_FRACTION = Option("holdout_fraction", splits.HOLDOUT_FRACTION, float, "CDGA-IG, latent-prior: the "
+                          "train script's --holdout_fraction")
+# Sampling: the papers' where they say (ED-SAM: 10 DDIM steps at 256 px; CDGA: SD's img2img defaults at about
+# DomainBed's input size), and small ones for the embedded DigitStyles model.
+CDGA_SAMPLING = dict(steps=50, strength=0.75, guidance=7.5, resolution=256)
+EMBEDDED_IMG2IMG = dict(steps=10, strength=0.6, guidance=3.0, resolution=32)
+INVERSION_SAMPLING = dict(steps=10, strength=1.0, guidance=1.0, resolution=256)
+EMBEDDED_INVERSION = dict(INVERSION_SAMPLING, resolution=32)

@@ -1,0 +1,54 @@
+"""CDGA-IG: CDGA-PG's pairs, each guided by a same-class image of env j instead of text (latent AdaIN, see
+``methods.cdga``); ``CDGA_IG`` trains as ``CDGA_PG`` does."""
+import torch
+
+from .. import hparams_registry
+from ..methods import cdga
+from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option
+from .cdga_pg import CDGAPromptGuided
+
+
+class CDGAImageGuided(CDGAPromptGuided):
+    name = "cdga-ig"
+
+    def params(self):
+        return dict(super().params(), guide_mix=self.cfg.guide_mix, holdout_fraction=self.cfg.holdout_fraction)
+
+    def plan(self, sources, envs):
+        """Guides are drawn from the images in the training split of every planned trial, so a run of any of
+        those trials loses no pair to a guide in its validation split."""
+        validation = sources.validation(self.cfg.trial_seeds, self.cfg.holdout_fraction)
+        pools = {}  # (env, class) -> its usable guide paths, sorted once
+
+        def guidance(image, guide_env, k):
+            key = (guide_env, image.class_name)
+            if key not in pools:
+                pools[key] = sorted(g.rel_path for g in sources.by_env_class.get(key, [])
+                                    if not any(g.rel_path in v[guide_env] for v in validation.values()))
+            guide = cdga.choose_guide(pools[key], f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}",
+                                      presorted=True)
+            # env j may have no (usable) image of this class: no item then
+            return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
+        return self.pair_units(sources, envs, guidance)
+
+    def make(self, model, latents, items, sources, report):
+        guides, ok = sources.load([it.guide for it in items], self.cfg.resolution, report)
+        if guides is None:
+            return [], torch.zeros(0, 3, self.cfg.resolution, self.cfg.resolution)
+        c = self.cfg
+        items = [items[i] for i in ok]
+        guide_latents = model.encode_images(guides.to(model.device))
+        return items, cdga.image_guided(model, latents[ok], guide_latents, [it.prompt for it in items],
+                                        [it.seed for it in items], c.strength, c.steps, c.guidance, c.guide_mix)
+
+    @staticmethod
+    def flops(cfg, unet, encode, decode):
+        return CDGAPromptGuided.flops(cfg, unet, encode, decode) + encode  # the guide's encoding
+
+
+SPEC = MethodSpec(
+    "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
+    algorithm_class="domainbed_diffusion.algorithms:CDGA_IG", synthetic_mode="union", hparams=hparams_registry.cdga,
+    options=(IMAGES_PER_PAIR,
+             Option("guide_mix", 1.0, float, "CDGA-IG: how far to move toward the guide's statistics"),
+             TRIAL_SEEDS, HOLDOUT_FRACTION))

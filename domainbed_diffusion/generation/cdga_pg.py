@@ -1,0 +1,60 @@
+"""CDGA-PG (Hemati et al., 2023): img2img of each image of env i toward every other env j, prompted with env j's
+description; ``CDGA_PG`` trains ERM on the union of real and synthetic images."""
+import torch
+
+from .. import hparams_registry
+from ..methods import cdga
+from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, Runner, Unit, stem, to_uint8
+
+
+class CDGAPromptGuided(Runner):
+    name = "cdga-pg"
+
+    def plan(self, sources, envs):
+        descriptions = cdga.load_descriptions(sources.name, envs, self.cfg.domain_descriptions)
+        return self.pair_units(sources, envs, lambda image, guide_env, k: dict(
+            prompt=cdga.pg_prompt(image.class_name, descriptions[guide_env], self.cfg.prompt_template)))
+
+    def pair_units(self, sources, envs, guidance):
+        """One unit per source image of ``envs`` with an item per (other env, k); ``guidance`` gives an item's
+        prompt/guide fields, or None where there is nothing to guide it with."""
+        for image in sources.images:
+            if image.env not in envs:
+                continue
+            items = []
+            for guide_env in envs:
+                for k in range(self.cfg.images_per_pair if guide_env != image.env else 0):
+                    fields = guidance(image, guide_env, k)
+                    if fields is not None:
+                        items.append(self.item(image.env, image.class_name, f"{stem(image.rel_path)}_{k}",
+                                               (image.rel_path, guide_env, k), guide_env=guide_env, sample=k,
+                                               source=image.rel_path, **fields))
+            if items:
+                yield Unit(items, image.rel_path)
+
+    def run(self, model, units, sources, report):
+        units, latents = self.encode_sources(model, units, sources, report)  # once per source, then one per item
+        if not units:
+            return []
+        items = [item for u in units for item in u.items]
+        latents = latents.repeat_interleave(torch.tensor([u.size for u in units], device=latents.device), 0)
+        items, images = self.make(model, latents, items, sources, report)
+        return list(zip(items, to_uint8(images)))
+
+    def make(self, model, latents, items, sources, report):
+        c = self.cfg
+        return items, cdga.prompt_guided(model, latents, [it.prompt for it in items], [it.seed for it in items],
+                                         c.strength, c.steps, c.guidance)
+
+    @staticmethod
+    def flops(cfg, unet, encode, decode):
+        guided = 2 if cfg.guidance > 1 else 1  # classifier-free guidance doubles the UNet batch
+        return guided * int(cfg.steps * cfg.strength) * unet + encode + decode
+
+
+SPEC = MethodSpec(
+    "cdga-pg", "CDGA_PG", CDGAPromptGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
+    algorithm_class="domainbed_diffusion.algorithms:CDGA_PG", synthetic_mode="union", hparams=hparams_registry.cdga,
+    options=(IMAGES_PER_PAIR,
+             Option("domain_descriptions", None, str, "CDGA-PG: env -> text, a JSON object or file"),
+             Option("prompt_template", cdga.PROMPT_TEMPLATE, str, "CDGA-PG prompt template")))

@@ -1,0 +1,133 @@
+"""A fifth generation method touches no file of the plugin: defined here, added to the catalogue, generated with
+the embedded model by the generator's command line, and trained on by DomainBed's stock train script."""
+import json
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from domainbed_diffusion import catalogue
+from domainbed_diffusion.generation import MethodSpec, Runner, Unit, stem, to_uint8
+
+from conftest import HAVE_DOMAINBED, needs_domainbed
+
+METHOD, ALGORITHM = "toy-vae", "TOY_VAE"
+
+
+class VAERoundTrip(Runner):
+    """The toy method: each training image through the VAE and back (content-preserving, one image each)."""
+    name = METHOD
+
+    def params(self):
+        return dict(resolution=self.cfg.resolution)
+
+    def plan(self, sources, envs):
+        for image in sources.images:
+            if image.env in envs:
+                yield Unit([self.item(image.env, image.class_name, stem(image.rel_path), (image.rel_path,),
+                                      source=image.rel_path)], image.rel_path)
+
+    def run(self, model, units, sources, report):
+        units, latents = self.encode_sources(model, units, sources, report)
+        if not units:
+            return []
+        return list(zip([u.items[0] for u in units], to_uint8(model.decode_latents(latents))))
+
+
+def toy_hparams(hp, dataset):
+    hp.define("toy_marker", 7, lambda r: 7)
+
+
+BUILT = []  # the toy algorithms the train script built
+
+
+def toy_algorithm_class():
+    """The algorithm, as an algorithms module would write it (built here only where DomainBed is importable)."""
+    from domainbed_diffusion.algorithms import SyntheticERM
+
+    class TOY_VAE(SyntheticERM):
+        METHOD = "toy-vae"
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            BUILT.append(self)
+    return TOY_VAE
+
+
+SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
+
+
+@pytest.fixture
+def toy_method():
+    algorithm_class = toy_algorithm_class() if HAVE_DOMAINBED else f"{__name__}:{ALGORITHM}"  # never loaded then
+    spec = MethodSpec(METHOD, ALGORITHM, VAERoundTrip, SAMPLING, SAMPLING, algorithm_class=algorithm_class,
+                      synthetic_mode="union", hparams=toy_hparams)
+    catalogue.add(spec)
+    yield spec
+    catalogue.remove(ALGORITHM)
+    module = sys.modules.get("domainbed.algorithms")
+    if module is not None and ALGORITHM in module.ALGORITHMS:
+        module.ALGORITHMS.remove(ALGORITHM)
+        delattr(module, ALGORITHM)
+
+
+def generate(data_dir, out):
+    from offline_generation.cli import main
+    assert main(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", METHOD, "--output_dir", out,
+                 "--max_per_class", "2", "--batch_size", "16"]) == 0
+    with open(os.path.join(out, "DigitStyles", f"manifest.{METHOD}.shard-00000-of-00001.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_method_added_to_the_catalogue_is_listed_and_generated(toy_method, digitstyles_dir, tmp_path):
+    assert catalogue.algorithms()[-1] == ALGORITHM and catalogue.spec(METHOD) is toy_method
+    assert METHOD in catalogue.methods()
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        catalogue.add(toy_method)
+    records = generate(digitstyles_dir, str(tmp_path / "synthetic"))
+    assert len(records) == 4 * 10 * 2  # every env, class and source image once (--max_per_class 2)
+    assert {r["method"] for r in records} == {METHOD} and all(r["params"] == {"resolution": 32} for r in records)
+    assert records[0]["model_id"].startswith("embedded@")
+    # the embedded VAE reconstructs its own domain's images: each output is close to its source, not a copy of noise
+    errors = []
+    for r in records[:20]:
+        made = np.asarray(Image.open(tmp_path / "synthetic" / "DigitStyles" / r["file"]), dtype=float)
+        source = np.asarray(Image.open(os.path.join(digitstyles_dir, "DigitStyles", r["source"])).convert("RGB"),
+                            dtype=float)
+        errors.append(np.abs(made - source).mean())
+    assert np.mean(errors) < 20, errors
+
+
+@needs_domainbed
+def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_method, digitstyles_dir, tmp_path,
+                                                                          monkeypatch):
+    import domainbed_diffusion
+    synthetic = str(tmp_path / "synthetic")
+    records = generate(digitstyles_dir, synthetic)
+    domainbed_diffusion.register()  # DomainBed may be imported already (earlier tests): add the new algorithm
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", ALGORITHM, "--data_dir",
+                                      digitstyles_dir, "--test_envs", "0", "--steps", "3", "--output_dir", str(out),
+                                      "--hparams", json.dumps({"synthetic_root": synthetic})])
+    runpy.run_module("domainbed.scripts.train", run_name="__main__")
+    with open(out / "results.jsonl") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["args"]["algorithm"] == ALGORITHM and last["step"] == 2
+    assert last["hparams"]["toy_marker"] == 7 and last["hparams"]["synthetic_mode"] == "union"
+    assert last["images"] == 3 * 8  # ERM's images per step: three training envs, batch 8
+    assert np.isfinite(last["loss"])
+    # what it trained on: toy images of its training envs only (test env 0, blueprint, was generated too), each
+    # made from an image of that env's training split
+    run = BUILT[-1]
+    used = [d.selection.records() for d in run.synthetic.datasets]
+    assert [{r["source_env"] for r in env} for env in used] == [{"ink"}, {"neon"}, {"sketch"}]
+    for i, env in zip(run.run_context.train_envs, used):
+        training = run.run_context.dataset[i]
+        keys = set(run.run_context.training_keys(i))
+        trained = {os.path.relpath(training.samples[k][0], os.path.join(digitstyles_dir, "DigitStyles"))
+                   for k in keys}
+        made = {r["source"] for r in records if r["source_env"] == env[0]["source_env"]}
+        assert {r["source"] for r in env} == made & trained and made - trained  # the validation split's dropped
