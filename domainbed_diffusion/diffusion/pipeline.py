@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..shipped import EMBEDDED
 from . import loading
 
 
@@ -71,7 +72,7 @@ class LatentDiffusion:
             module.eval()
 
     @classmethod
-    def from_pretrained(cls, name_or_path=loading.EMBEDDED, device=None, dtype="auto", **kwargs):
+    def from_pretrained(cls, name_or_path=EMBEDDED, device=None, dtype="auto", **kwargs):
         """Load from ``embedded``, a local folder or a cached Hugging Face id; never downloads."""
         folder = loading.resolve_model(name_or_path)
         device = loading.resolve_device(device)

@@ -1,0 +1,103 @@
+"""The house's rules, checked on the source: imports point one way, start-up imports stay light, and only the
+catalogue lists the plugin's algorithms."""
+import ast
+import os
+import re
+
+from domainbed_diffusion import catalogue
+
+from conftest import REPO
+
+PACKAGES = ("domainbed_diffusion", "offline_generation")
+
+
+def modules():
+    """``{module name: path}`` of every module of the two packages."""
+    out = {}
+    for package in PACKAGES:
+        for folder, _, files in os.walk(os.path.join(REPO, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(folder, name), REPO)[:-3].replace(os.sep, ".")
+                    out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(folder, name)
+    return out
+
+
+def imports(name, path, known, top_level_only=False):
+    """The package modules that ``name`` imports, at module level or (unless ``top_level_only``) anywhere."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            targets = [f"{base}.{a.name}" for a in node.names]
+            if not any(t in known for t in targets):  # names from a module, not modules of a package
+                targets = [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_no_import_cycle_inside_the_packages():
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    # a package's __init__ importing its own submodules is not a cycle through them
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not (name.startswith(t + ".") and t in graph)}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
+
+
+def test_start_up_and_registry_imports_are_light():
+    known = modules()
+    # interpreter start-up imports these in every process: standard library only at module level
+    for name in ("domainbed_diffusion", "domainbed_diffusion._autoload", "domainbed_diffusion.registration"):
+        allowed = {"domainbed_diffusion.registration"} if name.endswith("_autoload") else set()
+        assert imports(name, known[name], known, top_level_only=True) <= allowed, name
+    registry = imports("domainbed_diffusion.hparams_registry", known["domainbed_diffusion.hparams_registry"], known)
+    assert registry <= {"domainbed_diffusion.seeding", "domainbed_diffusion.shipped"}, registry
+    # the generator builds on the plugin, never the other way round
+    assert not any(t.startswith("offline_generation")
+                   for n, p in known.items() if n.startswith("domainbed_diffusion") for t in imports(n, p, known))
+
+
+def test_only_the_catalogue_spells_the_list_of_algorithms():
+    names = catalogue.algorithms()
+    pattern = re.compile(r"\[[^\[\]]*\]|\([^()]*\)", re.S)
+    offenders = []
+    for folder in ("domainbed_diffusion", "offline_generation", "sweeps", "tests"):
+        for root, _, files in os.walk(os.path.join(REPO, folder)):
+            for name in files:
+                if not name.endswith(".py") or name == "catalogue.py":
+                    continue
+                text = open(os.path.join(root, name), encoding="utf-8").read()
+                for literal in pattern.findall(text):  # a list or tuple literal naming most algorithms
+                    if sum(f'"{a}"' in literal for a in names) >= len(names) - 1:
+                        offenders.append(os.path.join(folder, name))
+    assert not offenders, offenders
