@@ -63,6 +63,8 @@ setup(
         "tqdm",
         "scikit-learn",
         "safetensors",
+        "scipy",  # statistics
+        "torchmetrics",  # FID and KID in the synthetic-domain report
     ],
     extras_require={
         # what DomainBed's own import and unit tests need (DomainBed itself is a checkout on PYTHONPATH)

@@ -1,4 +1,4 @@
-"""Command line of the generator: ``python -m offline_generation [generate|index|preview|prepare|train-embedded|benchmark]``.
+"""Command line of the generator: ``python -m offline_generation [generate|index|preview|report|...]``.
 
 Without a subcommand it generates. Examples::
 
@@ -15,7 +15,7 @@ import sys
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.synthetic import SyntheticDataError
 
-SUBCOMMANDS = ("generate", "index", "preview", "samples", "prepare", "train-embedded", "benchmark")
+SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "prepare", "train-embedded", "benchmark")
 
 
 def _methods(names):
@@ -188,6 +188,36 @@ def samples_main(argv):
     return samples_grid(parser.parse_args(argv))
 
 
+def report_main(argv):
+    from .features import EXTRACTORS
+    parser = argparse.ArgumentParser(prog="python -m offline_generation report",
+                                     description="Measure what the generator made: label fidelity, style "
+                                                 "attribution, FID/KID, copies and diversity, a t-SNE map.")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--synthetic_root", default=None, help="default: <data_dir>/synthetic")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method with a manifest")
+    parser.add_argument("--output", default=None, help="default: <synthetic_root>/<dataset>/report")
+    parser.add_argument("--per_group", type=int, default=50,
+                        help="images at most per (source env, target env, class), and real ones per (env, class)")
+    parser.add_argument("--extractor", default="auto", choices=EXTRACTORS)
+    parser.add_argument("--extractor_weights", default=None, help="a local weights file for the extractor")
+    parser.add_argument("--random_weights", action="store_true",
+                        help="ResNet-50 with random weights where none are on this machine (smoke tests only)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache_dir", default=None, help="feature cache (default: <output>/feature_cache)")
+    parser.add_argument("--trial_seed", type=int, default=0, help="the train/validation split the probes use")
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_map", action="store_true", help="skip the t-SNE map")
+    args = parser.parse_args(argv)
+    if args.per_group < 2:
+        parser.error("--per_group must be at least 2")
+    from .report import run
+    return run(args)
+
+
 def prepare_main(argv):
     from domainbed_diffusion.digitstyles import main
     return main(argv)
@@ -217,7 +247,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
-               "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+               "report": report_main, "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     from .generate import WorkerFailed
     try:
         handler(argv)

@@ -5,9 +5,11 @@
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
 2. generates every method's synthetic domains with the embedded diffusion model (resumable);
 3. writes a preview grid of each method's synthetic images;
-4. runs a stock DomainBed sweep of ERM, MIRO, CDGA_PG, CDGA_IG, EDSAM, LatentPrior and DomainFusion over every
-   test env (resumable: finished runs are kept, interrupted ones redone);
-5. prints stock collect_results' tables and saves them, with a bar chart of test-env accuracy (training-domain
+4. writes the synthetic-domain report (``python -m offline_generation report``: label fidelity, style
+   attribution, FID/KID, copies, a map) under ``<output_dir>/report``;
+5. runs a stock DomainBed sweep of ERM and every algorithm of the catalogue over every test env (resumable:
+   finished runs are kept, interrupted ones redone);
+6. prints stock collect_results' tables and saves them, with a bar chart of test-env accuracy (training-domain
    validation) per method per test env.
 """
 import argparse
@@ -22,7 +24,8 @@ from domainbed_diffusion import catalogue
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
-GET_DOMAINBED = """DomainBed is not importable, so the sweep cannot run (data and synthetic domains are ready).
+GET_DOMAINBED = """DomainBed is not importable, so the report and the sweep cannot run (data and synthetic domains
+are ready).
 Get it once, then run this command again (it resumes):
 
     git clone https://github.com/facebookresearch/DomainBed ~/DomainBed
@@ -197,11 +200,11 @@ def main(argv=None):
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
     start = time.time()
 
-    step("1/5 DigitStyles")
+    step("1/6 DigitStyles")
     from domainbed_diffusion import digitstyles
     digitstyles.prepare(data_dir, pool=False)
 
-    step("2/5 synthetic domains with the embedded model")
+    step("2/6 synthetic domains with the embedded model")
     from offline_generation.cli import main as generate
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
@@ -213,22 +216,28 @@ def main(argv=None):
     if code:
         return code
 
-    step("3/5 preview grids")
+    step("3/6 preview grids")
     generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir", synthetic_root,
               "--out", os.path.join(out, "preview.png"),
               "--rows", "3", "--variants", "6", "--size", "64"])
 
-    step("4/5 DomainBed sweep")
     if importlib.util.find_spec("domainbed") is None:
         print(GET_DOMAINBED, file=sys.stderr)
         return 2
+    step("4/6 synthetic-domain report")
+    code = generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root", synthetic_root,
+                     "--output", os.path.join(out, "report")])
+    if code:
+        return code
+
+    step("5/6 DomainBed sweep")
     sweep_dir = os.path.join(out, "sweep")
     common = sweep_args(data_dir, sweep_dir, profile)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
 
-    step("5/5 results")
+    step("6/6 results")
     result = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
                             env=env, check=True, capture_output=True, text=True)
     summary = summarize(sweep_dir)

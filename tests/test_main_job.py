@@ -24,7 +24,8 @@ def test_quick_main_job_prints_every_row_and_resumes(tmp_path):
     table = first.stdout.split("model selection method: training-domain validation set")[1].split("--------")[0]
     rows = {line.split()[0] for line in table.strip().splitlines()[1:]}
     assert rows == set(ALGORITHMS)
-    for name in ("results.txt", "accuracy.png", "preview.png", "accuracies.json"):
+    for name in ("results.txt", "accuracy.png", "preview.png", "accuracies.json", "report/report.json",
+                 "report/map.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0
     second = subprocess.run(args, env=env, capture_output=True, text=True, check=True)  # resumes: nothing redone
     runs = len(ALGORITHMS) * 4  # one trial per (algorithm, test env) of DigitStyles' four envs

@@ -1,0 +1,396 @@
+"""What the generator made, measured: label fidelity, style attribution, FID/KID, copies and diversity, a map.
+
+    python -m offline_generation report --dataset DigitStyles --data_dir data [--synthetic_root ROOT]
+                                        [--methods ...] [--output DIR] [--per_group 50]
+
+For every method and every set it made (one per source env, or per (source env, target env) for CDGA), on a
+bounded sample of ``--per_group`` images per (source env, target env, class):
+
+- label fidelity: the share assigned to their intended class by a probe trained on real training-split
+  features, beside that probe's accuracy on the real validation splits (the reference);
+- style attribution: the share a probe of the real envs attributes to each env; ``target`` is the env the method
+  aimed at (CDGA's guide env, else the source env), ``held_out`` the envs neither source nor guide, which are the
+  test envs of the runs that train on these images;
+- FID and KID against each real env (torchmetrics, on the extractor's features);
+- copies: the feature distance of each image to its source image, and the share closer than a near-copy
+  threshold taken from the real data; diversity: mean pairwise distance within (target env, class) against the
+  real images' of the same env and class;
+- the generator's own per-image parameters (ED-SAM's alpha, latent-prior's acceptance rate and bandwidth),
+  summarised per source env, and CDGA-IG's pairs with no usable guide;
+- a t-SNE map of real and synthetic features, coloured by env.
+
+Every probe here is for analysis only: no training path reads the report. Features are cached per image
+(``features.FeatureCache``).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from domainbed_diffusion import catalogue
+from domainbed_diffusion.synthetic import SyntheticDomains, default_root
+from domainbed_diffusion.synthetic_index import SyntheticDataError, manifest_paths, open_index
+
+from . import features as feature_extractors
+from .sources import load_image, scan
+
+NEAR_COPY_PERCENTILE = 1  # near copy: closer to its source than 99% of real images are to their nearest neighbour
+FID_MIN_PER_DIM = 2  # FID's covariance needs well over D samples; below 2 x D the report says to read KID
+
+
+def cosine_distances(a, b):
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return 1.0 - a @ b.T
+
+
+class _Features(torch.nn.Module):
+    """Feeds precomputed features to torchmetrics' FID/KID (their 'feature extractor' is then the identity)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x
+
+
+def fid_kid(real, fake, seed=0):
+    """FID and KID (mean, std) of two feature sets, computed by torchmetrics."""
+    import warnings
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+    warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save")  # bounded samples here
+    dim = real.shape[1]
+    fid = FrechetInceptionDistance(feature=_Features(dim))
+    fid.update(torch.from_numpy(real).double(), real=True)
+    fid.update(torch.from_numpy(fake).double(), real=False)
+    subset = min(len(real), len(fake), 1000)
+    torch.manual_seed(seed)
+    kid = KernelInceptionDistance(feature=_Features(dim), subsets=50, subset_size=subset)
+    kid.update(torch.from_numpy(real).double(), real=True)
+    kid.update(torch.from_numpy(fake).double(), real=False)
+    kid_mean, kid_std = kid.compute()
+    return max(0.0, float(fid.compute())), float(kid_mean), float(kid_std)
+
+
+def _probe(x, y):
+    """A standardised logistic-regression probe (scikit-learn): analysis only, never used for training."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+
+
+def _sample(groups, per_group, seed):
+    """Up to ``per_group`` members of each group (a list per key), chosen by a seeded shuffle."""
+    rng = np.random.RandomState(seed)
+    return {key: [members[i] for i in sorted(rng.permutation(len(members))[:per_group])]
+            for key, members in sorted(groups.items())}
+
+
+def _share(values, labels):
+    return {label: float(np.mean(values == k)) if len(values) else float("nan") for k, label in enumerate(labels)}
+
+
+class Report:
+    """Real features and probes of one dataset, then one ``method`` entry per synthetic method."""
+
+    def __init__(self, folder, extractor, cache, per_group=50, trial_seed=0, holdout_fraction=0.2, seed=0,
+                 stream=None):
+        self.folder, self.extractor, self.cache = folder, extractor, cache
+        self.per_group, self.seed, self.stream = per_group, seed, stream
+        self.envs, self.classes = folder.env_names, folder.class_names
+        validation = folder.validation([trial_seed], holdout_fraction)[trial_seed]
+        real = _sample({k: v for k, v in folder.by_env_class.items()}, per_group, seed)
+        self.real = [image for members in real.values() for image in members]
+        self.real_x = self.features([folder.path(i) for i in self.real], "real images")
+        self.real_env = np.array([self.envs.index(i.env) for i in self.real])
+        self.real_class = np.array([self.classes.index(i.class_name) for i in self.real])
+        is_val = np.array([i.rel_path in validation[i.env] for i in self.real])
+        self.label_probe = _probe(self.real_x[~is_val], self.real_class[~is_val])
+        self.env_probe = _probe(self.real_x[~is_val], self.real_env[~is_val])
+        val_x = self.real_x[is_val]
+        self.reference = dict(
+            label_accuracy=float(np.mean(self.label_probe.predict(val_x) == self.real_class[is_val])),
+            env_accuracy=float(np.mean(self.env_probe.predict(val_x) == self.real_env[is_val])),
+            label_accuracy_per_env={e: float(np.mean(self.label_probe.predict(val_x[self.real_env[is_val] == k])
+                                                      == self.real_class[is_val][self.real_env[is_val] == k]))
+                                    for k, e in enumerate(self.envs) if np.any(self.real_env[is_val] == k)},
+            trained_on=int((~is_val).sum()), validated_on=int(is_val.sum()), trial_seed=trial_seed,
+            holdout_fraction=holdout_fraction)
+        self.near_copy = self._near_copy_threshold()
+        self.real_diversity = self._diversity(self.real_x, self.real_env, self.real_class)
+
+    def features(self, paths, what):
+        bar = tqdm(total=len(paths), unit="img", desc=f"features of {what}", file=self.stream,
+                   dynamic_ncols=True, mininterval=1.0)
+        try:
+            return self.cache.features(paths, self._load, bar)
+        finally:
+            bar.close()
+
+    def _load(self, paths):
+        arrays = []
+        for path in paths:
+            array, error = load_image(path, self.extractor.size)
+            if error:
+                raise ValueError(f"{path} cannot be read ({error}); fix or remove it, then rerun the report")
+            arrays.append(array)
+        return torch.from_numpy(np.stack(arrays))
+
+    def _near_copy_threshold(self):
+        """The NEAR_COPY_PERCENTILE-th percentile of each real image's distance to its nearest other real image
+        of the same env and class."""
+        nearest = []
+        for e in range(len(self.envs)):
+            for c in range(len(self.classes)):
+                x = self.real_x[(self.real_env == e) & (self.real_class == c)]
+                if len(x) > 1:
+                    d = cosine_distances(x, x)
+                    np.fill_diagonal(d, np.inf)
+                    nearest.append(d.min(1))
+        values = np.concatenate(nearest) if nearest else np.zeros(1)
+        return float(max(np.percentile(values, NEAR_COPY_PERCENTILE), 1e-6))
+
+    def _diversity(self, x, env, cls):
+        """Mean pairwise cosine distance within each (env, class) with at least two images."""
+        out = {}
+        for e in np.unique(env):
+            for c in np.unique(cls):
+                members = x[(env == e) & (cls == c)]
+                if len(members) > 1:
+                    d = cosine_distances(members, members)
+                    out[(int(e), int(c))] = float(d[np.triu_indices(len(members), 1)].mean())
+        return out
+
+    def method(self, domains, method):
+        index = _open(domains, method)
+        env_code = np.array([self.envs.index(e) if e in self.envs else -1 for e in index.envs] or [0])
+        class_code = np.array([self.classes.index(c) if c in self.classes else -1 for c in index.classes] or [0])
+        source_env = env_code[np.asarray(index.source_env)]
+        guide_env = np.where(np.asarray(index.guide_env) >= 0, env_code[np.maximum(index.guide_env, 0)], -1)
+        labels = class_code[np.asarray(index.class_)]
+        unknown = (source_env < 0) | (labels < 0) | (np.asarray(index.guide_env) >= 0) & (guide_env < 0)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise SyntheticDataError(f"{domains.dataset_root}: {method} record {index.file(row)} names an env or "
+                                     f"class not in {self.folder.root}: wrong --data_dir or --dataset?")
+        groups = {}
+        for row in range(len(index)):
+            groups.setdefault((int(source_env[row]), int(guide_env[row]), int(labels[row])), []).append(row)
+        rows = np.array([r for members in _sample(groups, self.per_group, self.seed).values() for r in members],
+                        dtype=np.int64)
+        x = self.features([os.path.join(domains.dataset_root, index.file(int(r))) for r in rows], method)
+        src, guide, y = source_env[rows], guide_env[rows], labels[rows]
+        target = np.where(guide >= 0, guide, src)
+        predicted_class = self.label_probe.predict(x)
+        predicted_env = self.env_probe.predict(x)
+        copy = self._copies(index, rows, x)
+        sets = {}
+        for s, g in sorted({(int(a), int(b)) for a, b in zip(src, guide)}):
+            member = (src == s) & (guide == g)
+            sets[self.envs[s] + (f" -> {self.envs[g]}" if g >= 0 else "")] = self._set(
+                x[member], y[member], s, g, predicted_class[member], predicted_env[member],
+                copy[member] if copy is not None else None)
+        held_out = np.array([p != s and p != g for p, s, g in zip(predicted_env, src, guide)])
+        synthetic_diversity = self._diversity(x, target, y)
+        ratios = [v / self.real_diversity[k] for k, v in synthetic_diversity.items()
+                  if self.real_diversity.get(k, 0) > 0]
+        out = dict(
+            records=len(index), sampled=len(rows), label_fidelity=float(np.mean(predicted_class == y)),
+            to_target=float(np.mean(predicted_env == target)), to_source=float(np.mean(predicted_env == src)),
+            to_held_out=float(np.mean(held_out)),
+            label_fidelity_per_class={self.classes[c]: float(np.mean(predicted_class[y == c] == c))
+                                      for c in np.unique(y)},
+            diversity_vs_real=float(np.mean(ratios)) if ratios else None, sets=sets,
+            diagnostics=self._diagnostics(index, method, source_env, guide_env))
+        if copy is not None and np.isfinite(copy).any():
+            finite = copy[np.isfinite(copy)]
+            quantiles = map(float, np.percentile(finite, [10, 50, 90]))
+            out.update(copy_distance=dict(zip(("p10", "median", "p90"), quantiles)),
+                       near_copy_share=float(np.mean(finite < self.near_copy)))
+        return out, (x, target, src)
+
+    def _copies(self, index, rows, x):
+        """Each sampled image's feature distance to its source image (NaN where it has none)."""
+        codes = np.asarray(index.source)[rows]
+        if not (codes >= 0).any():
+            return None
+        paths = {int(c): index.path(int(c)) for c in np.unique(codes[codes >= 0])}
+        order = sorted(paths)
+        source_x = self.features([os.path.join(self.folder.root, paths[c]) for c in order], "source images")
+        position = np.full(int(codes.max()) + 1, 0)
+        position[order] = np.arange(len(order))
+        has = codes >= 0
+        a, b = x[has], source_x[position[codes[has]]]
+        out = np.full(len(rows), np.nan)
+        out[has] = 1.0 - (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        return out
+
+    def _set(self, x, y, s, g, predicted_class, predicted_env, copy):
+        entry = dict(n=len(x), label_fidelity=float(np.mean(predicted_class == y)),
+                     attribution=_share(predicted_env, self.envs),
+                     to_held_out=float(np.mean([p not in (s, g) for p in predicted_env])))
+        entry["fid"], entry["kid"] = {}, {}
+        for e, env in enumerate(self.envs):
+            real = self.real_x[self.real_env == e]
+            if len(x) >= 2 and len(real) >= 2:
+                fid, kid, kid_std = fid_kid(real, x, self.seed)
+                entry["fid"][env], entry["kid"][env] = fid, dict(mean=kid, std=kid_std)
+        if len(x) < FID_MIN_PER_DIM * self.extractor.dim:
+            entry["fid_warning"] = (f"{len(x)} images for {self.extractor.dim}-d features: FID is biased at this "
+                                    f"size (under {FID_MIN_PER_DIM * self.extractor.dim}); compare KID")
+        if copy is not None and np.isfinite(copy).any():
+            entry["near_copy_share"] = float(np.mean(copy[np.isfinite(copy)] < self.near_copy))
+        return entry
+
+    def _diagnostics(self, index, method, source_env, guide_env):
+        """The generator's per-image parameters, per source env (mean, min, max); CDGA-IG's lost pairs."""
+        out = {}
+        for name in sorted(index.params):
+            column = np.asarray(index.param(name))
+            per_env = {}
+            for e, env in enumerate(self.envs):
+                values = column[(source_env == e) & np.isfinite(column)]
+                if len(values):
+                    per_env[env] = dict(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
+            if per_env:
+                out[name] = per_env
+        if (np.asarray(index.guide_env) >= 0).any():
+            made = {}
+            for s, g, code in zip(source_env, guide_env, np.asarray(index.source)):
+                made.setdefault(int(code), set()).add((int(s), int(g)))
+            lost = sum(len(self.envs) - 1 - len(pairs) for pairs in made.values())
+            out["pairs_without_guide"] = dict(count=int(lost), of=int(len(made) * (len(self.envs) - 1)),
+                                              note="source images with a record toward some env but not all")
+        return out
+
+
+def _open(domains, method):
+    if not manifest_paths(domains.dataset_root, method):
+        known = sorted(set(catalogue.methods()))
+        if method not in known:
+            raise ValueError(f"report: unknown method {method!r}; known are {', '.join(known)}")
+        domains.records(method, check_files=False)  # raises the right "no manifest" error
+    try:
+        return open_index(domains.dataset_root, method, build_if_missing=False)
+    except SyntheticDataError as error:
+        raise SyntheticDataError(f"report: {error}") from None
+
+
+def tsne_map(real_x, real_env, parts, envs, path, seed=0, per_env=200, per_method=300):
+    """One t-SNE (scikit-learn) of real and synthetic features, one panel per method: real images as dots,
+    the method's as crosses, coloured by env (synthetic: its target env)."""
+    from PIL import Image, ImageDraw
+    from sklearn.manifold import TSNE
+    rng = np.random.RandomState(seed)
+    take = lambda n, k: np.sort(rng.permutation(n)[:k])  # noqa: E731
+    real_rows = np.concatenate([np.flatnonzero(real_env == e)[take((real_env == e).sum(), per_env)]
+                                for e in range(len(envs))])
+    chosen = {m: take(len(x), per_method) for m, (x, _, _) in parts.items()}
+    points = np.concatenate([real_x[real_rows]] + [parts[m][0][chosen[m]] for m in parts])
+    if len(points) < 5:
+        return None
+    xy = TSNE(n_components=2, init="pca", random_state=seed,
+              perplexity=min(30.0, (len(points) - 1) / 3)).fit_transform(points.astype(np.float64))
+    xy = (xy - xy.min(0)) / np.maximum(xy.max(0) - xy.min(0), 1e-9)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127)]
+    panel, margin = 320, 24
+    image = Image.new("RGB", (max(1, len(parts)) * (panel + margin) + margin, panel + 3 * margin + 16 * len(envs)),
+                      "white")
+    draw = ImageDraw.Draw(image)
+    real_xy, offset = xy[:len(real_rows)], len(real_rows)
+    for p, method in enumerate(parts):
+        x0 = margin + p * (panel + margin)
+        draw.rectangle([x0, margin, x0 + panel, margin + panel], outline=(200, 200, 200))
+        draw.text((x0, 6), f"{method} (x) on real (.)", fill="black")
+        for (u, v), e in zip(real_xy, real_env[real_rows]):
+            c = colours[e % len(colours)]
+            px, py = x0 + u * panel, margin + v * panel
+            draw.rectangle([px - 1, py - 1, px + 1, py + 1], fill=tuple(int(0.45 * a + 140) for a in c))
+        n = len(chosen[method])
+        for (u, v), e in zip(xy[offset:offset + n], parts[method][1][chosen[method]]):
+            cx, cy = x0 + u * panel, margin + v * panel
+            c = colours[e % len(colours)]
+            draw.line([(cx - 2, cy - 2), (cx + 2, cy + 2)], fill=c)
+            draw.line([(cx - 2, cy + 2), (cx + 2, cy - 2)], fill=c)
+        offset += n
+    for e, env in enumerate(envs):
+        y = panel + 2 * margin + 16 * e
+        draw.rectangle([margin, y, margin + 10, y + 10], fill=colours[e % len(colours)])
+        draw.text((margin + 16, y - 1), env, fill="black")
+    image.save(path)
+    return path
+
+
+def summary_text(result):
+    ref = result["reference"]
+    lines = [f"Synthetic-domain report: {result['dataset']}, extractor {result['extractor']} "
+             f"({result['per_group']} images at most per source env, target env and class; analysis only)",
+             f"reference: label probe {ref['label_accuracy']:.1%} and env probe {ref['env_accuracy']:.1%} on "
+             f"{ref['validated_on']} real validation images (trained on {ref['trained_on']}); near copy: feature "
+             f"distance to its source under {result['near_copy_threshold']:.4f}",
+             f"{'method':<14}{'images':>8}{'label':>8}{'target':>8}{'source':>8}{'held out':>10}{'FID tgt':>9}"
+             f"{'copies':>8}{'diversity':>11}"]
+    for method, m in result["methods"].items():
+        fids = [s["fid"].get(name.split(" -> ")[-1]) for name, s in m["sets"].items()]
+        fids = [f for f in fids if f is not None]
+        lines.append(f"{method:<14}{m['sampled']:>8}{m['label_fidelity']:>8.1%}{m['to_target']:>8.1%}"
+                     f"{m['to_source']:>8.1%}{m['to_held_out']:>10.1%}"
+                     f"{(np.median(fids) if fids else float('nan')):>9.2f}"
+                     + (f"{m['near_copy_share']:>8.1%}" if "near_copy_share" in m else f"{'-':>8}") +
+                     f"{(m['diversity_vs_real'] or float('nan')):>11.2f}")
+    lines.append("label: share given its intended class; target/source/held out: share attributed to the env the "
+                 "method aimed at, to its source env, to envs neither source nor guide (the test envs of the runs "
+                 "that use them); FID tgt: median FID to the target env; copies: near-copy share; diversity: "
+                 "within-class spread relative to real.")
+    return "\n".join(lines)
+
+
+def run(args, stream=None):
+    stream = stream or sys.stdout
+    folder = scan(args.data_dir, args.dataset, args.dataset_dir)
+    root = args.synthetic_root or default_root(args.data_dir)
+    domains = SyntheticDomains(root, args.dataset)
+    if not os.path.isdir(domains.dataset_root):
+        raise FileNotFoundError(f"report: {domains.dataset_root} does not exist: generate first, or give "
+                                f"--synthetic_root")
+    methods = args.methods or [m for m in catalogue.methods() if manifest_paths(domains.dataset_root, m)]
+    if not methods:
+        raise SyntheticDataError(f"report: {domains.dataset_root} holds no manifest of "
+                                 f"{', '.join(catalogue.methods())}: generate first")
+    for method in methods:
+        _open(domains, method)  # every method's error before any feature is computed
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = feature_extractors.for_dataset(args.dataset, args.extractor, args.extractor_weights, device,
+                                               args.random_weights)
+    out = args.output or os.path.join(root, args.dataset, "report")
+    os.makedirs(out, exist_ok=True)
+    cache = feature_extractors.FeatureCache(args.cache_dir or os.path.join(out, "feature_cache"), extractor)
+    report = Report(folder, extractor, cache, args.per_group, args.trial_seed, args.holdout_fraction, args.seed,
+                    stream)
+    result = dict(dataset=args.dataset, extractor=extractor.name, feature_dim=extractor.dim, envs=folder.env_names,
+                  per_group=args.per_group, near_copy_threshold=report.near_copy, reference=report.reference,
+                  analysis_only="every classifier here is a probe for this report; no training path reads it",
+                  methods={})
+    parts = {}
+    for method in methods:
+        result["methods"][method], parts[method] = report.method(domains, method)
+    result["features_computed"] = cache.computed
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    text = summary_text(result)
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        f.write(text + "\n")
+    if not args.no_map:
+        tsne_map(report.real_x, report.real_env, parts, folder.env_names, os.path.join(out, "map.png"), args.seed)
+    print(text, file=stream)
+    print(f"wrote {out}/report.json, summary.txt" + ("" if args.no_map else " and map.png") +
+          f" ({cache.computed} images' features computed, the rest from the cache)", file=stream)
+    return result
