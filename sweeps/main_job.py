@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from domainbed_diffusion import catalogue
+from domainbed_diffusion import catalogue, statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
@@ -77,16 +77,22 @@ def summarize(sweep_dir):
     for algorithm, envs in out.items():
         per_env = {int(e): _mean_sem(list(t.values())) for e, t in envs.items()}
         trials = sorted(set.intersection(*(set(t) for t in envs.values())))
-        average = _mean_sem([np.mean([envs[e][t] for e in envs]) for t in trials])  # per trial, over test envs
+        per_trial = {t: float(np.mean([envs[e][t] for e in envs])) for t in trials}  # over test envs
         runs = [r for (a, _, _), r in last.items() if a == algorithm]
         # our algorithms report the images of each step; DomainBed's ERM takes batch_size from each training env
         images = [r["images"] if "images" in r else r["hparams"]["batch_size"] * _train_envs(r) for r in runs]
-        summary[algorithm] = dict(test_env=per_env, average=average, images_per_step=float(np.mean(images)),
+        summary[algorithm] = dict(test_env=per_env, average=_mean_sem(list(per_trial.values())),
+                                  per_run={int(e): {int(t): float(v) for t, v in sorted(ts.items())}
+                                           for e, ts in sorted(envs.items())},  # test env -> trial seed -> acc
+                                  average_per_trial=per_trial, images_per_step=float(np.mean(images)),
                                   seconds_per_step=float(np.mean([r["step_time"] for r in runs])), runs=len(runs))
     erm = summary.get("ERM")
-    for row in summary.values():
+    comparisons = statistics.compare_to({a: row["average_per_trial"] for a, row in summary.items()}, "ERM")
+    for algorithm, row in summary.items():
         row["seconds_vs_erm"] = row["seconds_per_step"] / erm["seconds_per_step"] if erm else None
         row["images_vs_erm"] = row["images_per_step"] / erm["images_per_step"] if erm else None
+        if algorithm in comparisons:
+            row["vs_erm"] = comparisons[algorithm]
     return summary
 
 
@@ -102,38 +108,35 @@ def _mean_sem(values):
     return dict(mean=float(values.mean()), sem=sem, n=int(len(values)))
 
 
-def versus_erm(row, erm):
-    """The difference of average accuracy with ERM's, its standard error, and whether it exceeds two of them."""
-    diff = row["average"]["mean"] - erm["average"]["mean"]
-    se = (row["average"]["sem"] ** 2 + erm["average"]["sem"] ** 2) ** 0.5
-    return diff, se, bool(abs(diff) > 2 * se)
-
-
 def results_table(summary, env_names):
     """The main job's table: accuracy per test env and on average (%, mean +/- standard error, trials), the
-    difference with ERM, and the cost of each row."""
+    difference with ERM paired by trial seed with its 95% t-interval and Holm-corrected p-value, and each row's
+    cost."""
     def cell(v):
         return f"{100 * v['mean']:.1f} +/- {100 * v['sem']:.1f}" if v["n"] > 1 else f"{100 * v['mean']:.1f}"
-    header = ["Algorithm", *env_names, "Avg", "vs ERM", "trials", "img/step", "s/step", "x ERM"]
+    header = ["Algorithm", *env_names, "Avg", "vs ERM [95% CI]", "p (Holm)", "trials", "img/step", "s/step",
+              "x ERM"]
     rows = []
-    erm = summary.get("ERM")
     for algorithm in [a for a in ALGORITHMS if a in summary]:
         row = summary[algorithm]
         envs = [cell(row["test_env"][e]) if e in row["test_env"] else "-" for e in range(len(env_names))]
-        if erm and algorithm != "ERM":
-            diff, se, significant = versus_erm(row, erm)
-            vs = f"{100 * diff:+.1f}" + (f" +/- {100 * se:.1f}{' *' if significant else ''}" if se == se else "")
-        else:
-            vs = ""
+        vs, p = "", ""
+        c = row.get("vs_erm")
+        if c is not None:
+            vs = f"{100 * c['mean']:+.1f}" + (f" [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+                                              if c["n"] > 1 else "")
+            p = f"{c['p_holm']:.3f}{' *' if c['p_holm'] < 0.05 else ''}" if c["n"] > 1 else ""
         trials = min(v["n"] for v in row["test_env"].values())
-        rows.append([algorithm, *envs, cell(row["average"]), vs, str(trials), f"{row['images_per_step']:.0f}",
+        rows.append([algorithm, *envs, cell(row["average"]), vs, p, str(trials), f"{row['images_per_step']:.0f}",
                      f"{row['seconds_per_step']:.3f}",
                      f"{row['seconds_vs_erm']:.2f}" if row["seconds_vs_erm"] else ""])
     widths = [max(len(r[k]) for r in [header] + rows) for k in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     lines.append("Test-env accuracy (%), training-domain validation, mean +/- standard error over trials; Avg: "
-                 "per trial over test envs. vs ERM: difference of Avg, * where it exceeds two standard errors. "
-                 "img/step: images through the network per step; s/step: measured, x ERM: relative to ERM's.")
+                 "per trial over test envs. vs ERM: difference of Avg paired by trial seed, with its 95% "
+                 "t-interval (n - 1 degrees of freedom); p: paired t-test, Holm-corrected over the table's "
+                 "comparisons with ERM, * below 0.05. img/step: images through the network per step; s/step: "
+                 "measured, x ERM: relative to ERM's.")
     return "\n".join(lines)
 
 

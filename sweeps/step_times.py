@@ -9,7 +9,6 @@ for 3 steps, then timed over ``--steps`` updates on fixed minibatches.
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch

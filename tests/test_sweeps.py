@@ -26,24 +26,28 @@ def test_papers_generation_fits_the_trials_the_sweep_runs():
 def row(accuracies_per_trial, seconds, images=24):
     main = load("main_job")
     per_env = {e: main._mean_sem(v) for e, v in enumerate(zip(*accuracies_per_trial))}
-    return dict(test_env=per_env, average=main._mean_sem([sum(t) / len(t) for t in accuracies_per_trial]),
+    per_trial = {t: sum(v) / len(v) for t, v in enumerate(accuracies_per_trial)}
+    return dict(test_env=per_env, average=main._mean_sem(list(per_trial.values())), average_per_trial=per_trial,
                 images_per_step=images, seconds_per_step=seconds, seconds_vs_erm=None)
 
 
-def test_standard_error_and_the_two_standard_error_mark():
+def test_the_table_shows_paired_differences_with_intervals_and_holm_corrected_p_values():
+    from domainbed_diffusion import statistics
     main = load("main_job")
     stats = main._mean_sem([0.5, 0.6, 0.7])
     assert math.isclose(stats["mean"], 0.6) and math.isclose(stats["sem"], 0.1 / math.sqrt(3))  # ddof=1
-    erm = row([[0.40, 0.40], [0.42, 0.42], [0.44, 0.44]], 0.2)
-    far = row([[0.60, 0.60], [0.62, 0.62], [0.64, 0.64]], 0.4, images=48)
-    near = row([[0.41, 0.41], [0.43, 0.43], [0.45, 0.45]], 0.2)
-    diff, se, significant = main.versus_erm(far, erm)
-    assert math.isclose(diff, 0.2) and math.isclose(se, math.sqrt(2) * 0.02 / math.sqrt(3)) and significant
-    assert not main.versus_erm(near, erm)[2]  # +1 point, 1.6 points of standard error
-    for r in (erm, far, near):
+    erm = row([[0.40, 0.40], [0.50, 0.50], [0.60, 0.60]], 0.2)
+    # about +2 points in every trial: far below the trial-to-trial spread, yet clear once paired
+    steady = row([[0.42, 0.42], [0.515, 0.515], [0.625, 0.625]], 0.4, images=48)
+    noisy = row([[0.50, 0.50], [0.40, 0.40], [0.66, 0.66]], 0.2)
+    summary = {"ERM": erm, "EDSAM": steady, "CDGA_PG": noisy}
+    for name, c in statistics.compare_to({a: r["average_per_trial"] for a, r in summary.items()}, "ERM").items():
+        summary[name]["vs_erm"] = c
+    for r in summary.values():
         r["seconds_vs_erm"] = r["seconds_per_step"] / erm["seconds_per_step"]
-    table = main.results_table({"ERM": erm, "EDSAM": far, "CDGA_PG": near}, ["a", "b"])
-    lines = {line.split()[0]: line for line in table.splitlines()}
-    assert "+20.0 +/- 1.6 *" in lines["EDSAM"] and lines["EDSAM"].split()[-3:] == ["48", "0.400", "2.00"]
-    assert "+1.0 +/- 1.6" in lines["CDGA_PG"] and "*" not in lines["CDGA_PG"]
+    lines = {line.split()[0]: line for line in main.results_table(summary, ["a", "b"]).splitlines()}
+    # d = 2.0, 1.5, 2.5 points: se 0.29, t(2) 4.30 -> [+0.8, +3.2]; p 0.020, x2 by Holm (the other p is larger)
+    assert "+2.0 [+0.8, +3.2]" in lines["EDSAM"] and "0.040 *" in lines["EDSAM"]
+    assert lines["EDSAM"].split()[-3:] == ["48", "0.400", "2.00"]
+    assert "+2.0 [" in lines["CDGA_PG"] and "*" not in lines["CDGA_PG"]
     assert lines["ERM"].split()[-3:] == ["24", "0.200", "1.00"]
