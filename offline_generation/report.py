@@ -93,6 +93,17 @@ def _sample(groups, per_group, seed):
             for key, members in sorted(groups.items())}
 
 
+def _sample_rows(groups, per_group, seed):
+    """Up to ``per_group`` rows of each group (one integer key per row), chosen by seeded random priorities:
+    vectorised, so millions of records are sampled in a few arrays of their length."""
+    priority = np.random.RandomState(seed).random_sample(len(groups))
+    order = np.lexsort((priority, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[rank < per_group])
+
+
 def _share(values, labels):
     return {label: float(np.mean(values == k)) if len(values) else float("nan") for k, label in enumerate(labels)}
 
@@ -180,11 +191,8 @@ class Report:
             row = int(np.flatnonzero(unknown)[0])
             raise SyntheticDataError(f"{domains.dataset_root}: {method} record {index.file(row)} names an env or "
                                      f"class not in {self.folder.root}: wrong --data_dir or --dataset?")
-        groups = {}
-        for row in range(len(index)):
-            groups.setdefault((int(source_env[row]), int(guide_env[row]), int(labels[row])), []).append(row)
-        rows = np.array([r for members in _sample(groups, self.per_group, self.seed).values() for r in members],
-                        dtype=np.int64)
+        rows = _sample_rows((source_env * (len(self.envs) + 1) + guide_env + 1) * len(self.classes) + labels,
+                            self.per_group, self.seed)
         x = self.features([os.path.join(domains.dataset_root, index.file(int(r))) for r in rows], method)
         src, guide, y = source_env[rows], guide_env[rows], labels[rows]
         target = np.where(guide >= 0, guide, src)
@@ -262,11 +270,11 @@ class Report:
             if per_env:
                 out[name] = per_env
         if (np.asarray(index.guide_env) >= 0).any():
-            made = {}
-            for s, g, code in zip(source_env, guide_env, np.asarray(index.source)):
-                made.setdefault(int(code), set()).add((int(s), int(g)))
-            lost = sum(len(self.envs) - 1 - len(pairs) for pairs in made.values())
-            out["pairs_without_guide"] = dict(count=int(lost), of=int(len(made) * (len(self.envs) - 1)),
+            # per source image with any record: the other envs it has no record toward
+            pairs = np.unique(np.stack([np.asarray(index.source, dtype=np.int64), guide_env]), axis=1)
+            sources = len(np.unique(pairs[0]))
+            lost = sources * (len(self.envs) - 1) - pairs.shape[1]
+            out["pairs_without_guide"] = dict(count=int(lost), of=int(sources * (len(self.envs) - 1)),
                                               note="source images with a record toward some env but not all")
         return out
 

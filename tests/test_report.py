@@ -122,3 +122,14 @@ def test_errors_name_the_method_the_folder_and_the_fix(pacs_like, tmp_path, caps
     assert cli_main(["report", "--dataset", "PACS", "--data_dir", data_dir, "--synthetic_root",
                      str(tmp_path / "empty")]) == 2
     assert "does not exist: generate first" in capsys.readouterr().err
+
+
+def test_sampling_keeps_at_most_per_group_rows_of_every_group_and_all_of_small_ones():
+    from offline_generation.report import _sample_rows
+    groups = np.repeat(np.array([7, 2, 9]), [120, 30, 50])
+    np.random.RandomState(1).shuffle(groups)
+    rows = _sample_rows(groups, 50, seed=0)
+    counts = dict(zip(*np.unique(groups[rows], return_counts=True)))
+    assert counts == {2: 30, 7: 50, 9: 50} and len(set(rows.tolist())) == len(rows)
+    assert np.array_equal(rows, _sample_rows(groups, 50, seed=0))
+    assert not np.array_equal(rows, _sample_rows(groups, 50, seed=1))
