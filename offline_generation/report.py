@@ -58,24 +58,26 @@ class _Features(torch.nn.Module):
         return x
 
 
-def fid_kid(real, fake, seed=0):
-    """FID and KID (mean, std) of two feature sets, computed by torchmetrics."""
+def fid_kid(real, fake, seed=0, with_fid=True):
+    """FID (None unless ``with_fid``) and KID (mean, std) of two feature sets, computed by torchmetrics."""
     import warnings
 
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
     warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save")  # bounded samples here
     dim = real.shape[1]
-    fid = FrechetInceptionDistance(feature=_Features(dim))
-    fid.update(torch.from_numpy(real).double(), real=True)
-    fid.update(torch.from_numpy(fake).double(), real=False)
-    subset = min(len(real), len(fake), 1000)
+    fid = None
+    if with_fid:
+        metric = FrechetInceptionDistance(feature=_Features(dim))
+        metric.update(torch.from_numpy(real).double(), real=True)
+        metric.update(torch.from_numpy(fake).double(), real=False)
+        fid = max(0.0, float(metric.compute()))
     torch.manual_seed(seed)
-    kid = KernelInceptionDistance(feature=_Features(dim), subsets=50, subset_size=subset)
+    kid = KernelInceptionDistance(feature=_Features(dim), subsets=50, subset_size=min(len(real), len(fake), 1000))
     kid.update(torch.from_numpy(real).double(), real=True)
     kid.update(torch.from_numpy(fake).double(), real=False)
     kid_mean, kid_std = kid.compute()
-    return max(0.0, float(fid.compute())), float(kid_mean), float(kid_std)
+    return fid, float(kid_mean), float(kid_std)
 
 
 def _probe(x, y):
@@ -102,6 +104,36 @@ def _sample_rows(groups, per_group, seed):
     starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
     rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
     return np.sort(order[rank < per_group])
+
+
+def codes(index, envs, classes, what, dataset_folder):
+    """Per record of a method's index: its source env, guide env (-1: none) and class as positions in the
+    dataset's ``envs`` and ``classes``; a record naming anything else is an error naming it."""
+    env_code = np.array([envs.index(e) if e in envs else -1 for e in index.envs] or [0])
+    class_code = np.array([classes.index(c) if c in classes else -1 for c in index.classes] or [0])
+    source_env = env_code[np.asarray(index.source_env)]
+    guided = np.asarray(index.guide_env) >= 0
+    guide_env = np.where(guided, env_code[np.maximum(index.guide_env, 0)], -1)
+    labels = class_code[np.asarray(index.class_)]
+    unknown = (source_env < 0) | (labels < 0) | (guided & (guide_env < 0))
+    if unknown.any():
+        row = int(np.flatnonzero(unknown)[0])
+        raise SyntheticDataError(f"{what} record {index.file(row)} names an env or class not in {dataset_folder}: "
+                                 f"wrong --data_dir or --dataset?")
+    return source_env, guide_env, labels
+
+
+def sample(index, source_env, guide_env, labels, n_envs, n_classes, per_group, seed):
+    """The rows the report reads: up to ``per_group`` per (source env, guide env, class)."""
+    return _sample_rows((source_env * (n_envs + 1) + guide_env + 1) * n_classes + labels, per_group, seed)
+
+
+def pairs_without_guide(index, guide_env, n_envs):
+    """Per source image with any record: the other envs it has no record toward (CDGA-IG found no guide)."""
+    pairs = np.unique(np.stack([np.asarray(index.source, dtype=np.int64), guide_env]), axis=1)
+    sources = len(np.unique(pairs[0]))
+    return dict(count=int(sources * (n_envs - 1) - pairs.shape[1]), of=int(sources * (n_envs - 1)),
+                note="source images with a record toward some env but not all")
 
 
 def _share(values, labels):
@@ -181,18 +213,10 @@ class Report:
 
     def method(self, domains, method):
         index = _open(domains, method)
-        env_code = np.array([self.envs.index(e) if e in self.envs else -1 for e in index.envs] or [0])
-        class_code = np.array([self.classes.index(c) if c in self.classes else -1 for c in index.classes] or [0])
-        source_env = env_code[np.asarray(index.source_env)]
-        guide_env = np.where(np.asarray(index.guide_env) >= 0, env_code[np.maximum(index.guide_env, 0)], -1)
-        labels = class_code[np.asarray(index.class_)]
-        unknown = (source_env < 0) | (labels < 0) | (np.asarray(index.guide_env) >= 0) & (guide_env < 0)
-        if unknown.any():
-            row = int(np.flatnonzero(unknown)[0])
-            raise SyntheticDataError(f"{domains.dataset_root}: {method} record {index.file(row)} names an env or "
-                                     f"class not in {self.folder.root}: wrong --data_dir or --dataset?")
-        rows = _sample_rows((source_env * (len(self.envs) + 1) + guide_env + 1) * len(self.classes) + labels,
-                            self.per_group, self.seed)
+        source_env, guide_env, labels = codes(index, self.envs, self.classes, f"{domains.dataset_root}: {method}",
+                                              self.folder.root)
+        rows = sample(index, source_env, guide_env, labels, len(self.envs), len(self.classes), self.per_group,
+                      self.seed)
         x = self.features([os.path.join(domains.dataset_root, index.file(int(r))) for r in rows], method)
         src, guide, y = source_env[rows], guide_env[rows], labels[rows]
         target = np.where(guide >= 0, guide, src)
@@ -245,14 +269,19 @@ class Report:
                      attribution=_share(predicted_env, self.envs),
                      to_held_out=float(np.mean([p not in (s, g) for p in predicted_env])))
         entry["fid"], entry["kid"] = {}, {}
+        dim = self.extractor.dim
         for e, env in enumerate(self.envs):
             real = self.real_x[self.real_env == e]
             if len(x) >= 2 and len(real) >= 2:
-                fid, kid, kid_std = fid_kid(real, x, self.seed)
-                entry["fid"][env], entry["kid"][env] = fid, dict(mean=kid, std=kid_std)
-        if len(x) < FID_MIN_PER_DIM * self.extractor.dim:
-            entry["fid_warning"] = (f"{len(x)} images for {self.extractor.dim}-d features: FID is biased at this "
-                                    f"size (under {FID_MIN_PER_DIM * self.extractor.dim}); compare KID")
+                # below D samples a covariance is singular and FID meaningless (and costly at D = 2048): KID only
+                fid, kid, kid_std = fid_kid(real, x, self.seed, with_fid=min(len(x), len(real)) >= dim)
+                entry["kid"][env] = dict(mean=kid, std=kid_std)
+                if fid is not None:
+                    entry["fid"][env] = fid
+        if len(x) < FID_MIN_PER_DIM * dim:
+            entry["fid_warning"] = (f"{len(x)} images for {dim}-d features: FID is biased under "
+                                    f"{FID_MIN_PER_DIM * dim} and not computed under {dim}; compare KID, or "
+                                    f"raise --per_group")
         if copy is not None and np.isfinite(copy).any():
             entry["near_copy_share"] = float(np.mean(copy[np.isfinite(copy)] < self.near_copy))
         return entry
@@ -270,12 +299,7 @@ class Report:
             if per_env:
                 out[name] = per_env
         if (np.asarray(index.guide_env) >= 0).any():
-            # per source image with any record: the other envs it has no record toward
-            pairs = np.unique(np.stack([np.asarray(index.source, dtype=np.int64), guide_env]), axis=1)
-            sources = len(np.unique(pairs[0]))
-            lost = sources * (len(self.envs) - 1) - pairs.shape[1]
-            out["pairs_without_guide"] = dict(count=int(lost), of=int(sources * (len(self.envs) - 1)),
-                                              note="source images with a record toward some env but not all")
+            out["pairs_without_guide"] = pairs_without_guide(index, guide_env, len(self.envs))
         return out
 
 

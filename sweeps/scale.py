@@ -4,7 +4,7 @@ measured in the same invocation.
 
     python sweeps/scale.py                       # 1M and 6M records, pool, generator (cost: docs/performance.md)
     python sweeps/scale.py --records 1000000     # one size
-    python sweeps/scale.py --parts reader        # reader | workers | pool | generator
+    python sweeps/scale.py --parts reader        # reader | workers | pool | generator | report
 
 Each measurement runs in a fresh process so its peak memory (``ru_maxrss``) is its own. Records are shaped like
 CDGA-IG's on DomainNet (source and guide image, prompt, parameters): 6 envs, 345 classes, 586,575 source images.
@@ -210,6 +210,18 @@ def child_generator(data_dir, out_dir, methods):
     return dict(seconds=time.perf_counter() - start, peak_mib=_peak_mib(), code=code)
 
 
+def child_report(root):
+    """The report's pass over a method's records: codes, the bounded sample, CDGA-IG's guide-less pairs."""
+    from domainbed_diffusion.synthetic_index import open_index
+    from offline_generation import report
+    start = time.perf_counter()
+    index = open_index(os.path.join(root, "DomainNet"), METHOD)
+    source_env, guide_env, labels = report.codes(index, ENVS, CLASSES, METHOD, root)
+    rows = report.sample(index, source_env, guide_env, labels, len(ENVS), len(CLASSES), 50, 0)
+    lost = report.pairs_without_guide(index, guide_env, len(ENVS))
+    return dict(seconds=time.perf_counter() - start, peak_mib=_peak_mib(), sampled=len(rows), lost=lost["count"])
+
+
 def run_child(*args):
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONHASHSEED="0"))
@@ -239,6 +251,18 @@ def part_reader(work, sizes, baseline_max):
             print(f"{n:>10,} {reader:>9} {r['seconds']:>9.2f} {r['peak_mib']:>9.0f} {r['import_mib']:>11.0f} "
                   f"{r['selected']:>10,}")
     return rows
+
+
+def part_report(work, sizes):
+    print("\n## The synthetic-domain report's pass over the records (50 per source env, guide env and class)")
+    for n in sizes:
+        root = os.path.join(work, f"synthetic-{n}")
+        if not os.path.isfile(os.path.join(root, "DomainNet", "manifest.cdga-ig.shard-00000-of-00001.jsonl")):
+            write_manifests(os.path.join(root, "DomainNet"), n)
+        run_child("build", root)
+        r = run_child("report", root)
+        print(f"{n:>10,} records: {r['seconds']:.2f}s, peak {r['peak_mib']:.0f} MiB, {r['sampled']:,} rows sampled "
+              f"for features")
 
 
 def part_workers(work, n, workers_list):
@@ -332,7 +356,7 @@ def main():
     parser.add_argument("--baseline_max", type=int, default=6_000_000, help="skip the baseline above this size")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--pool_refreshes", type=int, default=5000)
-    parser.add_argument("--parts", nargs="+", default=["reader", "workers", "pool", "generator"])
+    parser.add_argument("--parts", nargs="+", default=["reader", "workers", "pool", "generator", "report"])
     parser.add_argument("--work_dir", default=None, help="where the simulated files go (default: a temp folder, "
                                                          "removed at the end)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -340,7 +364,7 @@ def main():
     if args.child:
         kind, *rest = json.loads(args.child)
         fn = {"start": child_start, "workers": child_workers, "build": child_build, "pool": child_pool,
-              "generator": child_generator}[kind]
+              "generator": child_generator, "report": child_report}[kind]
         print(json.dumps(fn(*rest)))
         return
     work = args.work_dir or tempfile.mkdtemp(prefix="scale-")
@@ -354,6 +378,8 @@ def main():
             part_pool(320, args.pool_refreshes)
         if "generator" in args.parts:
             part_generator(work)
+        if "report" in args.parts:
+            part_report(work, args.records)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
