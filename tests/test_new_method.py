@@ -131,3 +131,29 @@ def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_me
                    for k in keys}
         made = {r["source"] for r in records if r["source_env"] == env[0]["source_env"]}
         assert {r["source"] for r in env} == made & trained and made - trained  # the validation split's dropped
+
+
+TOY_PACKAGE = '''
+from domainbed_diffusion.generation import MethodSpec, Runner
+
+class Nothing(Runner):
+    name = "toy-entry-point"
+
+SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
+SPEC = MethodSpec("toy-entry-point", "TOY_ENTRY_POINT", Nothing, SAMPLING, SAMPLING,
+                  algorithm_class="toy_package:NoSuchClassUntilDomainBedAsks")
+'''
+
+
+def test_an_installed_package_joins_the_catalogue_of_every_process_through_its_entry_point(tmp_path):
+    import subprocess
+    (tmp_path / "toy_package.py").write_text(TOY_PACKAGE)
+    info = tmp_path / "toy_package-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-package\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[domainbed_diffusion.catalogue]\ntoy = toy_package:SPEC\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", "from domainbed_diffusion import catalogue; "
+                          "print(catalogue.algorithms()[-1], catalogue.methods()[-1])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["TOY_ENTRY_POINT", "toy-entry-point"]
