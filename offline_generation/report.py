@@ -88,13 +88,6 @@ def _probe(x, y):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
 
 
-def _sample(groups, per_group, seed):
-    """Up to ``per_group`` members of each group (a list per key), chosen by a seeded shuffle."""
-    rng = np.random.RandomState(seed)
-    return {key: [members[i] for i in sorted(rng.permutation(len(members))[:per_group])]
-            for key, members in sorted(groups.items())}
-
-
 def _sample_rows(groups, per_group, seed):
     """Up to ``per_group`` rows of each group (one integer key per row), chosen by seeded random priorities:
     vectorised, so millions of records are sampled in a few arrays of their length."""
@@ -149,8 +142,9 @@ class Report:
         self.per_group, self.seed, self.stream = per_group, seed, stream
         self.envs, self.classes = folder.env_names, folder.class_names
         validation = folder.validation([trial_seed], holdout_fraction)[trial_seed]
-        real = _sample({k: v for k, v in folder.by_env_class.items()}, per_group, seed)
-        self.real = [image for members in real.values() for image in members]
+        groups = np.array([self.envs.index(i.env) * len(self.classes) + self.classes.index(i.class_name)
+                           for i in folder.images], dtype=np.int64)
+        self.real = [folder.images[k] for k in _sample_rows(groups, per_group, seed)]
         self.real_x = self.features([folder.path(i) for i in self.real], "real images")
         self.real_env = np.array([self.envs.index(i.env) for i in self.real])
         self.real_class = np.array([self.classes.index(i.class_name) for i in self.real])
