@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
-from . import catalogue, context, domainfusion, registration, training_data
+from . import catalogue, context, domainfusion, generators, registration, training_data
 from .methods import cdga, gsd
 from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
@@ -180,8 +180,10 @@ class LatentPrior(SyntheticERM):
 class DomainFusion(ERM):
     """DomainFusion (*Generalizing to Unseen Domains with Latent Diffusion Models*, Gradient Score Distillation):
     ``lambda_raw CE(real) + lambda_gen CE(synthetic) + lambda_gsd L_GSD`` with Adam and a cosine schedule over
-    the run's steps. The synthetic set is refreshed every ``refresh_every`` steps (the synthetic images of that
-    step, by N-candidate img2img and the sampling strategy); GSD runs every ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
+    the run's steps. The synthetic set is refreshed every ``refresh_every`` steps by N-candidate img2img and the
+    sampling strategy: the images drawn at that step (``refresh_order="drawn"``, the paper's figure 3), or the next
+    of a cycle that regenerates the whole set every ``turnover_steps`` steps (``"cycle"``); the share refreshed so
+    far is logged as ``refreshed_fraction``. GSD runs every ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
     is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
     ``sampling_strategy=False`` give the paper's ablation rows.
     """
@@ -197,7 +199,13 @@ class DomainFusion(ERM):
         self.base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())
         self._generator = torch.Generator().manual_seed(self.base_seed)
         self._diffusion = None  # a plain object, so never in state_dict nor moved by .to()
+        self.test_env_names = [ctx.env_names[i] for i in ctx.test_envs]
+        # "embedded" on DigitStyles: the shipped model that never saw this run's test style (``generators``)
+        self.diffusion_model = generators.model_for_run(hparams["diffusion_model"], ctx.dataset_name,
+                                                        self.test_env_names)
         self.step = 0
+        self.pool.cycle(self.base_seed)
+        self.refresh_count = math.ceil(len(self.pool) * hparams["refresh_every"] / hparams["turnover_steps"])
         total = ctx.total_steps
         if hparams["lr_schedule"] == "cosine" and total:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -207,8 +215,10 @@ class DomainFusion(ERM):
 
     def diffusion(self, device):
         if self._diffusion is None:
-            from .diffusion import LatentDiffusion
-            self._diffusion = LatentDiffusion.from_pretrained(self.hparams["diffusion_model"], device=device,
+            from .diffusion import LatentDiffusion, loading
+            seen = generators.trained_on(loading.resolve_model(self.diffusion_model))
+            generators.check(self.diffusion_model, seen, self.test_env_names, self.hparams, "DomainFusion")
+            self._diffusion = LatentDiffusion.from_pretrained(self.diffusion_model, device=device,
                                                               dtype=self.hparams["diffusion_dtype"])
         return self._diffusion
 
@@ -255,10 +265,18 @@ class DomainFusion(ERM):
         if self.scheduler is not None:
             self.scheduler.step()
         if use_gen and self.step % hp["refresh_every"] == 0:
+            if hp["refresh_order"] == "cycle":
+                indices = self.pool.next_to_refresh(self.refresh_count)
+                images = self.pool.images(indices)
             out["refreshed"] = domainfusion.refresh(self.pool, indices, images, self.diffusion(device), self.network,
                                                     self.featurizer, self.classifier, self.prompts, hp,
                                                     self.base_seed)
         self.step += 1
+        if use_gen:
+            out["refreshed_fraction"] = self.pool.refreshed_fraction()
+            if self.step == self.run_context.total_steps:
+                print(f"DomainFusion: {out['refreshed_fraction']:.1%} of the synthetic set ({len(self.pool)} "
+                      f"images) was regenerated in {self.step} steps", flush=True)
         out["loss"] = loss.item()
         out["images"] = len(x)  # real + synthetic: DomainFusion's loss has a term for each
         return out

@@ -21,7 +21,8 @@ from .files import save_png
 DATASET = "DigitStyles"
 POOL = "DigitStylesPool"
 DOMAINS = ["blueprint", "ink", "neon", "sketch"]  # sorted, as DomainBed lists env folders
-POOL_STYLES = DOMAINS + ["chalk", "mosaic", "pastel", "stencil"]
+PRETRAIN_STYLES = ["chalk", "mosaic", "pastel", "stencil"]  # pool-only: no benchmark domain is drawn in them
+POOL_STYLES = DOMAINS + PRETRAIN_STYLES
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # One text per style: what the embedded model was trained with, and CDGA-PG's domain descriptions.
 STYLE_DESCRIPTIONS = {

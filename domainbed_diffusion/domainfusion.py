@@ -3,7 +3,9 @@
 The set holds one synthetic image per training image (1:1 in size), initialised from that training image and
 refreshed in place: a refresh makes N img2img candidates of the image's *current* synthetic version (class
 prompt) and keeps one, chosen by the sampling strategy (``methods.candidates``). So each synthetic image evolves
-over training. Originals are read from the dataset when needed; refreshed images go, as uint8 at the generation
+over training. Which images a refresh takes: those drawn at that step (``refresh_order="drawn"``: the paper's
+Fig. 3, where the sampled image updates the x of the step), or the next ones of a seeded cycle through the whole
+set (``"cycle"``), sized so that the whole set is regenerated every ``turnover_steps`` steps. Originals are read from the dataset when needed; refreshed images go, as uint8 at the generation
 size, to a spill file (``SpillStore``), so the pool's memory is 4 bytes per training image whatever the number of
 refreshes (a DomainNet run refreshes tens of thousands of 300 KB images).
 """
@@ -86,6 +88,21 @@ class SyntheticPool:
 
     def __len__(self):
         return len(self.entries)
+
+    def cycle(self, seed):
+        """Start the seeded cycle of ``next_to_refresh`` through every entry."""
+        self._order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        self._position = 0
+
+    def next_to_refresh(self, n):
+        """The next ``n`` entries of the cycle (wrapping around): after ``len(self)`` of them, every entry."""
+        picked = [self._order[(self._position + k) % len(self)] for k in range(min(n, len(self)))]
+        self._position = (self._position + len(picked)) % len(self)
+        return picked
+
+    def refreshed_fraction(self):
+        """The share of the set regenerated at least once."""
+        return float((self.store.versions > 0).mean()) if len(self) else 0.0
 
     def sample(self, env_index, n, generator):
         start, end = self.ranges[env_index]

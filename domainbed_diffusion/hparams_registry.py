@@ -65,6 +65,12 @@ def synthetic(hp, dataset, mode):
     hp.define("synthetic_weight", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.5)))
     # compute-matched by default (ERM's images per step), mixed as the method's paper trains (its spec's mode)
     hp.define("synthetic_mode", mode, lambda r: mode)
+    leak_opt_in(hp)
+
+
+def leak_opt_in(hp):
+    """True lets a run use a diffusion model trained on its test env (``generators``): ablations only."""
+    hp.define("UNSAFE_generator_saw_test_env", False, lambda r: False)
 
 
 def miro(hp, dataset):
@@ -95,6 +101,7 @@ def domainfusion(hp, dataset):
     model = EMBEDDED if cpu else PAPERS_MODEL
     hp.define("diffusion_model", model, lambda r: model)
     hp.define("diffusion_dtype", "auto", lambda r: "auto")
+    leak_opt_in(hp)
     hp.define("image_size", 32 if cpu else 320, lambda r: 32 if cpu else 320)
     hp.define("class_prompt", "a {}" if cpu else "a photo of a {}", lambda r: "a {}" if cpu else "a photo of a {}")
     hp.define("lambda_raw", 1.0, lambda r: 1.0)
@@ -109,7 +116,11 @@ def domainfusion(hp, dataset):
     hp.define("n_candidates", 2, lambda r: int(r.choice([1, 2, 5])))
     hp.define("sampling_strategy", True, lambda r: True)
     hp.define("content_lambda", 0.5, lambda r: float(r.uniform(0.0, 1.0)))
-    hp.define("refresh_every", 20 if cpu else 10, lambda r: int(r.choice([1, 5, 10, 20])))
+    # the paper refreshes the images each step draws (its Fig. 3); on DigitStyles' 151 steps that would leave most
+    # of the set real, so there a cycle regenerates the whole set every 120 steps
+    hp.define("refresh_order", "cycle" if cpu else "drawn", lambda r: "cycle" if cpu else "drawn")
+    hp.define("refresh_every", 5 if cpu else 1, lambda r: 5 if cpu else int(r.choice([1, 2, 5])))
+    hp.define("turnover_steps", 120, lambda r: 120)
     hp.define("img2img_steps", 10 if cpu else 50, lambda r: 10 if cpu else 50)
     hp.define("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
     hp.define("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)

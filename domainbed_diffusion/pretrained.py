@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import digitstyles
 from .shipped import EMBEDDED, EMBEDDED_FEATURIZER_PATH
-PRETRAINING_STYLES = [s for s in digitstyles.POOL_STYLES if s not in digitstyles.DOMAINS]
+PRETRAINING_STYLES = digitstyles.PRETRAIN_STYLES
 
 
 def weights_path(value):

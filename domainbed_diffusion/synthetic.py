@@ -7,9 +7,11 @@ Layout, under a synthetic root (``<data_dir>/synthetic`` by default)::
 
 Each env folder is an ImageFolder, so DomainBed's image datasets can read the tree. A record names the image's
 ``file``, ``method``, ``source_env`` and ``source`` image, ``guide_env`` and ``guide`` image or ``prompt``,
-``class_name``, ``sample`` index, ``params``, ``seed`` and ``model_id``. The rule that matters most: the reader
-never returns an image whose making involved a test environment (its source or guide env), and, when it is
-given the run's training split, none made from (or guided by) a validation image either.
+``class_name``, ``sample`` index, ``params``, ``seed``, ``model_id`` and ``model_trained_on`` (the envs the model's
+card lists). With one model per test env (``generators``) each model's images sit under ``without-<env>/``. The
+rule that matters most: the reader never returns an image whose making involved a test environment (its source
+or guide env, or a model trained on it), and, when it is given the run's training split, none made from (or
+guided by) a validation image either.
 """
 import json
 import os
@@ -135,13 +137,16 @@ class SyntheticDomains:
         return open_index(self.dataset_root, method, build_if_missing)
 
     def select(self, method, env_names, class_names, test_envs, training_sources=None, allow_test_guides=False,
-               where=None, validation_digests=None):
+               where=None, validation_digests=None, generator_saw_test_env=False):
         """Records usable by a run: ``{training env index: Selection}``, read through the method's index.
 
         A record is dropped when its source env or guide env is a test env (guides allowed only with
         ``allow_test_guides``, CDGA's starred variant), or, given ``training_sources`` (env index -> set of
         image paths relative to the dataset root that the run trains on), when its source or guide image is
         not one of them. ``where(index)`` returns a boolean mask over the index's rows (method parameters).
+        Images of a model trained on a test env are skipped when images of a model that was not are there too
+        (a folder of per-test-env models' images), and refused with ``GeneratorLeakError`` when they are all
+        there is, unless ``generator_saw_test_env`` (the hparam ``UNSAFE_generator_saw_test_env``) opts in.
         Given ``validation_digests`` (env index -> ``splits.digest`` of the run's validation split), a record
         fitted on a split (``validation_digest``: latent-prior) is kept only if it is this run's split of its env;
         records without one are dropped. Each ``Selection`` counts its env's pairs lost to a guide outside the
@@ -179,12 +184,29 @@ class SyntheticDomains:
             keep &= index.param("validation_digest") == run_digest[source_env]  # NaN (no split) never equal
         if where is not None:
             keep &= np.asarray(where(index), dtype=bool)
+        keep &= self._generator_rows(index, [env_names[i] for i in sorted(test_envs)], keep,
+                                     generator_saw_test_env, method)
         lost_guides = keep & ~guide_ok  # records this run would use but for their guide
         keep &= guide_ok
         labels = class_of[index.class_]
         return {i: Selection(self.dataset_root, index, np.flatnonzero(keep & (source_env == i)),
                              labels[keep & (source_env == i)], int((lost_guides & (source_env == i)).sum()))
                 for i in range(len(env_names)) if i not in test_envs}
+
+
+    def _generator_rows(self, index, test_names, keep, unsafe, method):
+        """A mask of the rows whose model this run may use (see ``select``)."""
+        from .generators import GeneratorLeakError, UNSAFE, seen_test_envs
+        saw = np.asarray([bool(seen_test_envs(t, test_names)) for t in index.model_trained_on] or [False])
+        row_saw = saw[index.model] if len(index.model) else np.zeros(0, dtype=bool)
+        if unsafe or not (keep & row_saw).any() or (keep & ~row_saw).any():
+            return np.ones(len(row_saw), dtype=bool) if unsafe else ~row_saw
+        models = sorted({index.models[m] for m in np.unique(index.model[keep & row_saw])})
+        raise GeneratorLeakError(
+            f"{self.dataset_root}: every {method} image this run could use was made by a diffusion model trained "
+            f"on its test env(s) {test_names} ({', '.join(models)}). Generate with the model that excludes the "
+            f"test env (--model embedded does on DigitStyles: one model per test env), or opt in with the "
+            f"hparam {UNSAFE}=true for an ablation.")
 
 
 def _vocabulary_map(vocabulary, names, what, dataset_root, index, rows_with, hint):
@@ -224,8 +246,8 @@ class Selection:
         return dict(file=ix.file(row), source_env=ix.envs[ix.source_env[row]], guide_env=name(ix.envs,
                     int(ix.guide_env[row])), class_name=ix.classes[ix.class_[row]],
                     source=ix.path(int(ix.source[row])), guide=ix.path(int(ix.guide[row])),
-                    sample=int(ix.sample[row]), params={k: float(v[row]) for k, v in ix.params.items()
-                                                        if not np.isnan(v[row])})
+                    sample=int(ix.sample[row]), model_id=ix.models[int(ix.model[row])],
+                    params={k: float(v[row]) for k, v in ix.params.items() if not np.isnan(v[row])})
 
     def records(self):
         return [self.record(k) for k in range(len(self))]

@@ -11,6 +11,8 @@ Columns (one row per image, deduplicated by file, last record wins as in ``read_
 - ``file``: the image path relative to the dataset's synthetic folder (a byte blob and offsets);
 - ``source_env``, ``guide_env``, ``class``: codes into the env and class vocabularies of ``meta.json`` (-1: none);
 - ``source``, ``guide``: codes into ``paths.npy``, the sorted source/guide image paths (-1: none);
+- ``model``: codes into ``meta.json``'s ``models`` (the records' ``model_id``), whose ``model_trained_on`` lists
+  the envs each model was trained on (None: unknown, a model without a card);
 - ``sample`` and one float64 column per numeric parameter (``param.<name>``, NaN where a record lacks it).
 
 Numpy arrays are single objects: DataLoader workers forked from the run share their pages and never copy them
@@ -29,7 +31,7 @@ import uuid
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED = ("file", "method", "source_env", "class_name")  # fields every manifest record has
 _FILE_FIELD = re.compile(r'"file": "((?:[^"\\]|\\.)*)"')
 
@@ -163,9 +165,10 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
     final = index_dir(dataset_root, method, digest)
     if os.path.isfile(os.path.join(final, "meta.json")):
         return final
-    envs, classes, images = _Vocab(), _Vocab(), _Vocab()
+    envs, classes, images, models = _Vocab(), _Vocab(), _Vocab(), _Vocab()
+    model_trained_on = {}
     files = []
-    cols = {k: array.array("i") for k in ("source_env", "guide_env", "class", "source", "guide", "sample")}
+    cols = {k: array.array("i") for k in ("source_env", "guide_env", "class", "source", "guide", "sample", "model")}
     params = {}  # name -> (rows, values)
     for path, (_, size) in zip(paths, parts):
         for record in iter_records(path, size, required):
@@ -177,6 +180,9 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
             cols["source"].append(images(record.get("source")))
             cols["guide"].append(images(record.get("guide")))
             cols["sample"].append(int(record.get("sample", 0)))
+            model = str(record.get("model_id", ""))
+            cols["model"].append(models(model))
+            model_trained_on.setdefault(model, _trained_on(record, model))
             for key, value in (record.get("params") or {}).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     rows, values = params.setdefault(key, (array.array("q"), array.array("d")))
@@ -200,7 +206,8 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
     remap = np.searchsorted(sorted_paths, np.array(path_values, dtype=bytes)).astype(np.int32) if path_values \
         else np.zeros(0, dtype=np.int32)
     np.save(os.path.join(tmp, "paths.npy"), sorted_paths)
-    for key, dtype in (("source_env", np.int16), ("guide_env", np.int16), ("class", np.int32), ("sample", np.int32)):
+    for key, dtype in (("source_env", np.int16), ("guide_env", np.int16), ("class", np.int32), ("sample", np.int32),
+                       ("model", np.int32)):
         np.save(os.path.join(tmp, f"{key}.npy"), np.frombuffer(cols[key], dtype=np.int32)[keep].astype(dtype))
     for key in ("source", "guide"):
         codes = np.frombuffer(cols[key], dtype=np.int32)[keep]
@@ -213,7 +220,8 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
         column[np.frombuffer(rows, dtype=np.int64)] = np.frombuffer(values, dtype=np.float64)
         np.save(os.path.join(tmp, f"param.{key}.npy"), column[keep])
     meta = dict(version=FORMAT_VERSION, method=method, count=n, manifests=parts, envs=envs.values(),
-                classes=classes.values(), params=param_names, verified=bool(verify), built=time.time())
+                classes=classes.values(), params=param_names, verified=bool(verify), built=time.time(),
+                models=models.values(), model_trained_on=[model_trained_on[m] for m in models.values()])
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f)
     try:
@@ -226,6 +234,16 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
         if stale != final and not stale.endswith(".tmp"):
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _trained_on(record, model):
+    """The envs a record's model was trained on; None when unknown (a model without a card)."""
+    if "model_trained_on" in record:
+        return record["model_trained_on"]
+    if model.startswith("embedded@"):  # records from before cards: the shipped model then was the all-styles one
+        from .digitstyles import POOL_STYLES
+        return list(POOL_STYLES)
+    return None
 
 
 def _verify_files(dataset_root, method, files):
@@ -258,6 +276,8 @@ class SyntheticIndex:
         self.paths = load("paths")
         self.source_env, self.guide_env, self.class_ = load("source_env"), load("guide_env"), load("class")
         self.source, self.guide, self.sample = load("source"), load("guide"), load("sample")
+        self.model = load("model")
+        self.models, self.model_trained_on = self.meta["models"], self.meta["model_trained_on"]
         self.params = {k: load(f"param.{k}") for k in self.meta["params"]}
 
     def __len__(self):

@@ -15,6 +15,7 @@ from torchvision import transforms
 from . import catalogue, splits, synthetic
 from .files import load_rgb
 from .hparams_registry import CPU_DATASETS
+from .generators import UNSAFE
 from .shipped import EMBEDDED, PAPERS_MODEL
 from .synthetic_index import missing_images
 
@@ -149,7 +150,8 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     try:
         selected = domains.select(method, ctx.env_names, ctx.class_names, ctx.test_envs,
                                   training_sources=training_sources(ctx), allow_test_guides=allow_test_guides,
-                                  where=where, validation_digests=validation_digests(ctx) if per_split else None)
+                                  where=where, validation_digests=validation_digests(ctx) if per_split else None,
+                                  generator_saw_test_env=bool(hparams.get(UNSAFE, False)))
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
     empty = [ctx.env_names[i] for i, items in selected.items() if not items]

@@ -224,18 +224,38 @@ def prepare_main(argv):
 
 
 def train_embedded_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation train-embedded",
-                                     description="Train the embedded tiny model on DigitStyles' pool (CPU).")
+    parser = argparse.ArgumentParser(
+        prog="python -m offline_generation train-embedded",
+        description="Train the embedded tiny models on DigitStyles' pool (CPU): by default the four models that "
+                    "each never saw one benchmark style; --all_styles for the all-styles ablation model.")
     parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--out", default=None, help="checkpoint folder (default: the package's embedded model)")
-    parser.add_argument("--vae_steps", type=int, default=1500)
-    parser.add_argument("--unet_steps", type=int, default=8000)
+    parser.add_argument("--out", default=None,
+                        help="folder for the models (default: the package's embedded folder); with --all_styles, "
+                             "the checkpoint folder")
+    parser.add_argument("--all_styles", action="store_true", help="train the all-styles model instead")
+    parser.add_argument("--held_out", nargs="+", default=None, metavar="STYLE",
+                        help="benchmark styles to build a model without (default: all four)")
+    parser.add_argument("--vae_steps", type=int, default=None, help="default 1000 (held-out), 1500 (all styles)")
+    parser.add_argument("--base_steps", type=int, default=2500, help="base denoiser steps on pool-only styles")
+    parser.add_argument("--finetune_steps", type=int, default=700, help="fine-tune steps per held-out model")
+    parser.add_argument("--unet_steps", type=int, default=8000, help="denoiser steps of the all-styles model")
+    parser.add_argument("--work_dir", default=None, help="cache of the shared base (default <data_dir>/embedded-base)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH
+    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH, FOLDER
 
-    from .train_embedded import train
-    return train(args.data_dir, args.out or EMBEDDED_MODEL_PATH, args.vae_steps, args.unet_steps, seed=args.seed)
+    from .train_embedded import train, train_held_out
+    if args.all_styles:
+        return train(args.data_dir, args.out or EMBEDDED_MODEL_PATH, args.vae_steps or 1500, args.unet_steps,
+                     seed=args.seed)
+    unknown = sorted(set(args.held_out or []) - set(digitstyles.DOMAINS))
+    if unknown:
+        raise ValueError(f"--held_out {' '.join(unknown)}: not a DigitStyles benchmark style; choose from "
+                         f"{', '.join(digitstyles.DOMAINS)}")
+    return train_held_out(args.data_dir, args.out or FOLDER, tuple(args.held_out or digitstyles.DOMAINS),
+                          args.vae_steps or 1000, args.base_steps, args.finetune_steps, seed=args.seed,
+                          work_dir=args.work_dir)
 
 
 def benchmark_main(argv):

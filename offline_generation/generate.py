@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.files import save_png
+from domainbed_diffusion.generators import generators, trained_on
 from domainbed_diffusion.generation import make_batches
+from domainbed_diffusion.shipped import EMBEDDED, MODEL_CARD
 from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name
 from domainbed_diffusion.synthetic_index import build as build_index
 from domainbed_diffusion.synthetic_index import manifest_paths, recorded_file_names
@@ -109,10 +111,12 @@ def distributed_shard(args):
     return 1, 0
 
 
-def record_of(item, dataset, model_id):
+def record_of(item, dataset, model_id, model_trained_on=None):
+    """An image's manifest record; ``model_trained_on``: the envs its model's card lists (None: no card)."""
     return dict(file=item.file, method=item.method, dataset=dataset, source_env=item.source_env, source=item.source,
                 guide_env=item.guide_env, guide=item.guide, prompt=item.prompt, class_name=item.class_name,
-                sample=item.sample, params=item.params, seed=item.seed, model_id=model_id)
+                sample=item.sample, params=item.params, seed=item.seed, model_id=model_id,
+                model_trained_on=model_trained_on)
 
 
 def skips_name(method, shard_id, num_shards):
@@ -164,8 +168,11 @@ class Writer(threading.Thread):
             raise self.error
 
 
-def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0):
+def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0, generator=None):
     cfg = method_config(args, method, embedded)
+    cfg.model_tag = generator.tag if generator else None  # per-test-env models write under their own folder
+    if generator and generator.held_out is not None:
+        envs = [e for e in envs if e != generator.held_out]  # its images serve runs whose test env it excludes
     runner = catalogue.spec(method).make(cfg)
     return cfg, runner, Plan(runner, folder, envs, runner.units_per_batch or cfg.batch_size, num_shards, shard_id)
 
@@ -198,29 +205,40 @@ def run(args, stream=None):
     num_shards, shard_id = distributed_shard(args)
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"--shard_id {shard_id} is outside 0..{num_shards - 1}")
-    embedded = args.model in (None, "", "embedded")
+    embedded = (args.model or EMBEDDED).startswith(EMBEDDED)
     out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
-    plans = {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id) for m in args.methods}
+    jobs = [(g, {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id, g) for m in args.methods})
+            for g in generators(args.model, args.dataset, envs)]
     if args.dry_run:
         print(f"plan for {args.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
               f"{num_shards}, into {out_root}:", file=stream)
-        for method, (cfg, runner, batches) in plans.items():
-            describe_plan(folder, method, batches, cfg, stream, out_root)
+        for generator, plans in jobs:
+            if generator.held_out is not None:
+                print(f"model {generator.model} (for test env {generator.held_out}):", file=stream)
+            for method, (cfg, runner, batches) in plans.items():
+                describe_plan(folder, method, batches, cfg, stream, out_root)
         return {}
-    from domainbed_diffusion.diffusion import LatentDiffusion
+    from domainbed_diffusion.diffusion import LatentDiffusion, loading
     device = args.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
-    model = LatentDiffusion.from_pretrained(args.model or "embedded", device=device, dtype=args.dtype)
-    if args.compile or args.channels_last:
-        model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
     made = {}
-    for method, (cfg, runner, batches) in plans.items():
-        made[method] = run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream)
+    for generator, plans in jobs:
+        model = LatentDiffusion.from_pretrained(generator.model, device=device, dtype=args.dtype)
+        if args.compile or args.channels_last:
+            model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
+        seen = trained_on(loading.resolve_model(generator.model))
+        if generator.held_out is not None and generator.held_out in (seen or ()):
+            raise ValueError(f"--model {args.model}: {generator.model} for test env {generator.held_out} lists "
+                             f"{generator.held_out} among the envs it was trained on ({MODEL_CARD})")
+        for method, (cfg, runner, batches) in plans.items():
+            made[method] = made.get(method, 0) + run_method(model, folder, method, runner, batches, out_root,
+                                                            num_shards, shard_id, stream, seen)
     return made
 
 
-def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=None):
+def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=None,
+               model_trained_on=None):
     """Make the images of ``batches`` (re-iterable: a list or a ``Plan``) that are not done yet, then index the
     method's manifests so that runs start from the index."""
     os.makedirs(out_root, exist_ok=True)
@@ -239,7 +257,9 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     writer = Writer(out_root, manifest, skips)
     writer.start()
     start, made, already = time.time(), 0, 0
-    desc = method if num_shards == 1 else f"{method} [shard {shard_id + 1}/{num_shards}]"
+    tag = getattr(runner.cfg, "model_tag", None)
+    desc = method if tag is None else f"{method} {tag}"
+    desc = desc if num_shards == 1 else f"{desc} [shard {shard_id + 1}/{num_shards}]"
     bar = tqdm(total=total, unit="img", desc=desc, file=stream, dynamic_ncols=True, mininterval=1.0)
     try:
         for batch in batches:
@@ -252,7 +272,7 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
             produced = {item.file for item, _ in results}
             skipped_items = [{"file": it.file, "reason": "source unreadable or no accepted candidate"}
                              for u in batch for it in u.items if it.file not in produced]
-            records = [record_of(item, folder.name, model.model_id) for item, _ in results]
+            records = [record_of(item, folder.name, model.model_id, model_trained_on) for item, _ in results]
             writer.put((results, records, skipped_items))
             made += len(results)
             bar.update(size)

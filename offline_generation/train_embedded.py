@@ -1,16 +1,22 @@
-"""Train the embedded tiny latent diffusion model on DigitStyles' pre-training pool (CPU, deterministic).
+"""Train the embedded tiny latent diffusion models on DigitStyles' pre-training pool (CPU, deterministic).
 
-Two stages, as Stable Diffusion was built: an AutoencoderKL on the pool's images, then a text-conditioned
+``train`` builds the all-styles model (the pool in all eight styles, the benchmark's four included; kept as an
+ablation). ``train_held_out`` builds one model per benchmark style that never saw it: a base on the four
+pool-only styles, then for each benchmark style a short fine-tune on the pool in the other seven. Each stage as
+Stable Diffusion was built: an AutoencoderKL on the pool's images, then a text-conditioned
 UNet2DConditionModel and CLIP text encoder on the autoencoder's latents with prompts naming digit and style
 ("a seven, neon glow on a dark background"; 15% class-only, 10% empty for classifier-free guidance). The result
 is saved as a Stable Diffusion checkpoint in diffusers format, in half precision to keep the repository small.
 
-    python -m offline_generation train-embedded --data_dir ./data
+    python -m offline_generation train-embedded --data_dir ./data              # the four held-out models
+    python -m offline_generation train-embedded --data_dir ./data --all_styles # the all-styles model
 """
 import copy
 import math
 import os
 import re
+import json
+import shutil
 import time
 
 import torch
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from domainbed_diffusion import digitstyles
 from domainbed_diffusion.diffusion import tiny
 from domainbed_diffusion.methods.cdga import DOMAIN_DESCRIPTIONS
-from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH
+from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH, FOLDER, MODEL_CARD, held_out_model_path
 
 
 def vocabulary():
@@ -30,7 +36,7 @@ def vocabulary():
     return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
 
 
-def _cosine_lr(step, total, warmup=200):
+def _cosine_lr(step, total, warmup):
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -45,7 +51,7 @@ def _ema_update(ema, model, decay):
 def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, 200))
     vae.train()
     start = time.time()
     for step in range(steps):
@@ -64,9 +70,10 @@ def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200,
 
 
 @torch.no_grad()
-def encode_pool(vae, images, batch_size=256):
+def encode_pool(vae, images, batch_size=256, fit=None):
+    """Scaled latent means of ``images``; the scaling factor is fitted on ``images[fit]`` (default all)."""
     means = torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
-    scaling = 1.0 / means.std().item()
+    scaling = 1.0 / (means if fit is None else means[fit]).std().item()
     vae.register_to_config(scaling_factor=scaling)
     return means * scaling
 
@@ -81,11 +88,11 @@ def prompt_ids(tokenizer, labels):
 
 
 def train_denoiser(unet, text_encoder, scheduler, latents, ids, steps, batch_size, lr, log_every=200, seed=0,
-                   ema_decay=0.999):
+                   ema_decay=0.999, warmup=200):
     g = torch.Generator().manual_seed(seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, warmup))
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     unet.train()
     text_encoder.train()
@@ -129,9 +136,83 @@ def train(data_dir, out=EMBEDDED_MODEL_PATH, vae_steps=2000, unet_steps=8000, va
                                         latents, ids, unet_steps, unet_batch, lr=5e-4, seed=seed)
     components.update(vae=vae, unet=unet, text_encoder=text_encoder)
     tiny.save_checkpoint(components, work, half=True)
+    write_card(work, digitstyles.POOL_STYLES, dict(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed))
+    _replace(work, out)
+    return out
+
+
+def write_card(folder, styles, recipe):
+    """The model card the synthetic-data reader checks: the DigitStyles styles (envs) the model was trained on."""
+    with open(os.path.join(folder, MODEL_CARD), "w") as f:
+        json.dump({"dataset": digitstyles.DATASET, "trained_on_envs": sorted(styles), "recipe": recipe}, f,
+                  indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _replace(work, out):
     if os.path.isdir(out):
-        import shutil
         shutil.rmtree(out)
     os.replace(work, out)
-    print(f"saved {out}")
-    return out
+    print(f"saved {out}", flush=True)
+
+
+def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS), vae_steps=1000, base_steps=2500,
+                   finetune_steps=700, vae_batch=32, unet_batch=64, seed=0, threads=None, work_dir=None):
+    """One model per style in ``held_out``, none of which saw that style; the shared stages are cached.
+
+    The autoencoder and a base denoiser are trained on the four pool-only styles (no benchmark style), then each
+    model fine-tunes the base on the pool in every style but its held-out one. The base is saved in float32 under
+    ``work_dir`` (default ``<data_dir>/embedded-base``) and every fine-tune starts from that file, so an
+    interrupted run resumes with the same bytes.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    digitstyles.prepare(data_dir)
+    images, labels = digitstyles.load_pool(data_dir)
+    styles = [s for _, s in labels]
+    base_dir = work_dir or os.path.join(data_dir, "embedded-base")
+    if not os.path.isfile(os.path.join(base_dir, "model_index.json")):
+        torch.manual_seed(seed)
+        base = torch.tensor([s in digitstyles.PRETRAIN_STYLES for s in styles])
+        print(f"base: {int(base.sum())} pool images in {', '.join(digitstyles.PRETRAIN_STYLES)}", flush=True)
+        components = tiny.build_components(vocabulary(), base_dir + ".partial", seed=seed)
+        vae = train_vae(components["vae"], images[base], vae_steps, vae_batch, lr=1e-3, seed=seed)
+        latents = encode_pool(vae, images[base])
+        ids = prompt_ids(components["tokenizer"], [l for l, b in zip(labels, base) if b])
+        unet, text_encoder = train_denoiser(components["unet"], components["text_encoder"],
+                                            components["scheduler"], latents, ids, base_steps, unet_batch,
+                                            lr=5e-4, seed=seed)
+        components.update(vae=vae, unet=unet, text_encoder=text_encoder)
+        tiny.save_checkpoint(components, base_dir + ".partial")
+        write_card(base_dir + ".partial", digitstyles.PRETRAIN_STYLES,
+                   dict(vae_steps=vae_steps, base_steps=base_steps, seed=seed))
+        _replace(base_dir + ".partial", base_dir)
+    from diffusers import StableDiffusionPipeline
+    outs = []
+    for style in held_out:
+        out = held_out_model_path(style, folder)
+        keep = [s != style for s in styles]
+        torch.manual_seed(seed)
+        pipe = StableDiffusionPipeline.from_pretrained(base_dir, safety_checker=None, requires_safety_checker=False)
+        latents = _latents(pipe.vae, images[torch.tensor(keep)])
+        ids = prompt_ids(pipe.tokenizer, [l for l, k in zip(labels, keep) if k])
+        print(f"without {style}: {len(ids)} pool images in {len(set(styles)) - 1} styles", flush=True)
+        # a fine-tune's EMA must forget the base within its few steps: horizon 200 steps, not 1000
+        unet, text_encoder = train_denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler, latents, ids,
+                                            finetune_steps, unet_batch, lr=5e-4, seed=seed + 1, ema_decay=0.995,
+                                            warmup=100)
+        components = dict(vae=pipe.vae, unet=unet, text_encoder=text_encoder, tokenizer=pipe.tokenizer,
+                          scheduler=pipe.scheduler)
+        tiny.save_checkpoint(components, out + ".partial", half=True)
+        write_card(out + ".partial", [s for s in digitstyles.POOL_STYLES if s != style],
+                   dict(vae_steps=vae_steps, base_steps=base_steps, finetune_steps=finetune_steps, seed=seed))
+        _replace(out + ".partial", out)
+        outs.append(out)
+    return outs
+
+
+@torch.no_grad()
+def _latents(vae, images, batch_size=256):
+    """Latent means scaled by the autoencoder's own scaling factor."""
+    means = torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
+    return means * vae.config.scaling_factor

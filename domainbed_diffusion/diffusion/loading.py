@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from ..shipped import EMBEDDED, EMBEDDED_MODEL_PATH
+from ..shipped import EMBEDDED, EMBEDDED_ALL_STYLES, EMBEDDED_MODEL_PATH, FOLDER
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -46,13 +46,18 @@ def validate_checkpoint(folder):
 
 
 def resolve_model(name_or_path):
-    """The local folder of a model name: ``embedded``, a folder, or a Hugging Face id in the local cache."""
+    """The local folder of a model name: ``embedded`` (the all-styles model; ``generators`` picks the per-test-env
+    one for a run), ``embedded-all-styles``, ``embedded-without-<style>``, a folder, or a cached Hugging Face id."""
+    from ..generators import embedded_folder
     name = (name_or_path or EMBEDDED).strip()
-    if name == EMBEDDED:
-        if not os.path.isdir(EMBEDDED_MODEL_PATH):
-            raise CheckpointError(f"the embedded model is missing from {EMBEDDED_MODEL_PATH}: reinstall the package, or "
-                                  f"train it with `python -m offline_generation train-embedded --data_dir <dir>`")
-        return validate_checkpoint(EMBEDDED_MODEL_PATH)
+    folder = embedded_folder(name)
+    if folder is not None:
+        if not os.path.isdir(folder):
+            known = sorted(_embedded_names())
+            raise CheckpointError(f"the embedded model {name!r} is missing from {folder}: shipped ones are "
+                                  f"{', '.join(known)}; reinstall the package, or train them with "
+                                  f"`python -m offline_generation train-embedded --data_dir <dir>`")
+        return validate_checkpoint(folder)
     if _looks_like_path(name):
         path = os.path.abspath(os.path.expanduser(name))
         if not os.path.exists(path):
@@ -70,6 +75,12 @@ def resolve_model(name_or_path):
             f"On a machine with internet run `huggingface-cli download {name}` and copy the cache here "
             f"(or set HF_HOME), or pass a local folder with the checkpoint. ({type(error).__name__})") from None
     return validate_checkpoint(path)
+
+
+def _embedded_names():
+    names = [EMBEDDED_ALL_STYLES] if os.path.isdir(EMBEDDED_MODEL_PATH) else []
+    prefix = os.path.basename(EMBEDDED_MODEL_PATH) + "-"
+    return names + [EMBEDDED + "-" + n[len(prefix):] for n in os.listdir(FOLDER) if n.startswith(prefix)]
 
 
 def resolve_dtype(dtype, device):
@@ -126,11 +137,13 @@ def model_id(folder):
             digest.update(f.read())
     weights = [os.path.join(folder, "unet", n) for n in sorted(os.listdir(os.path.join(folder, "unet")))
                if n.endswith((".safetensors", ".bin"))]
-    if folder == os.path.abspath(EMBEDDED_MODEL_PATH):
+    base = os.path.basename(os.path.abspath(EMBEDDED_MODEL_PATH))
+    if os.path.dirname(folder) == os.path.abspath(FOLDER) and os.path.basename(folder).startswith(base):
         for path in weights:
             with open(path, "rb") as f:
                 digest.update(f.read())
-        return f"{EMBEDDED}@{digest.hexdigest()[:12]}"
+        suffix = os.path.basename(folder)[len(base):]  # "" or "-without-<style>"
+        return f"{EMBEDDED + suffix if suffix else EMBEDDED_ALL_STYLES}@{digest.hexdigest()[:12]}"
     for path in weights:  # sizes, not contents: hashing gigabytes on every run is not worth it
         digest.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
     return f"{folder}@{digest.hexdigest()[:12]}"

@@ -102,6 +102,9 @@ class Runner:
         """The ``Item`` of one output image: its file under the method's env folder, its seed from ``seed_keys``
         (its path's parts), its parameters (``params()`` unless given) and provenance ``fields``."""
         file = f"{env_folder(self.name, source_env, guide_env)}/{safe_name(class_name)}/{name}.png"
+        tag = getattr(self.cfg, "model_tag", None)
+        if tag:  # one model per test env: each model's images in its own folder ("without-neon/...")
+            file = f"{safe_name(tag)}/{file}"
         return Item(file=file, method=self.name, source_env=source_env, class_name=class_name,
                     seed=self.seed(*seed_keys), guide_env=guide_env,
                     params=self.params() if params is None else params, **fields)

@@ -1,10 +1,10 @@
-"""CDGA-IG: CDGA-PG's pairs, each guided by a same-class image of env j instead of text (latent AdaIN, see
-``methods.cdga``); ``CDGA_IG`` trains as ``CDGA_PG`` does."""
+"""CDGA-IG: CDGA-PG's pairs, each guided by a same-class image of env j instead of text (the source's foreground
+on the guide's background, then img2img; see ``methods.cdga``); ``CDGA_IG`` trains as ``CDGA_PG`` does."""
 import torch
 
 from .. import hparams_registry
 from ..methods import cdga
-from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option
+from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option, to_uint8
 from .cdga_pg import CDGAPromptGuided
 
 
@@ -31,24 +31,32 @@ class CDGAImageGuided(CDGAPromptGuided):
             return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
         return self.pair_units(sources, envs, guidance)
 
-    def make(self, model, latents, items, sources, report):
+    def run(self, model, units, sources, report):
+        pixels, ok = sources.load([u.key for u in units], self.cfg.resolution, report)
+        if pixels is None:
+            return []
+        units = [units[i] for i in ok]
+        items = [item for u in units for item in u.items]
+        pixels = pixels.repeat_interleave(torch.tensor([u.size for u in units]), 0)
         guides, ok = sources.load([it.guide for it in items], self.cfg.resolution, report)
         if guides is None:
-            return [], torch.zeros(0, 3, self.cfg.resolution, self.cfg.resolution)
+            return []
         c = self.cfg
         items = [items[i] for i in ok]
-        guide_latents = model.encode_images(guides.to(model.device))
-        return items, cdga.image_guided(model, latents[ok], guide_latents, [it.prompt for it in items],
-                                        [it.seed for it in items], c.strength, c.steps, c.guidance, c.guide_mix)
+        images = cdga.image_guided(model, pixels[ok].to(model.device), guides.to(model.device),
+                                   [it.prompt for it in items], [it.seed for it in items], c.strength, c.steps,
+                                   c.guidance, c.guide_mix)
+        return list(zip(items, to_uint8(images)))
 
     @staticmethod
     def flops(cfg, unet, encode, decode):
-        return CDGAPromptGuided.flops(cfg, unet, encode, decode) + encode  # the guide's encoding
+        return CDGAPromptGuided.flops(cfg, unet, encode, decode)  # the transplant's pixel work is negligible
 
 
 SPEC = MethodSpec(
-    "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
+    # embedded: CDGA's (Stable Diffusion's) img2img strength 0.75, so the model redraws the transplant's seams
+    "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, dict(EMBEDDED_IMG2IMG, strength=0.75),
     algorithm_class="domainbed_diffusion.algorithms:CDGA_IG", synthetic_mode="union", hparams=hparams_registry.cdga,
     options=(IMAGES_PER_PAIR,
-             Option("guide_mix", 1.0, float, "CDGA-IG: how far to move toward the guide's statistics"),
+             Option("guide_mix", 1.0, float, "CDGA-IG: how much of the transplant onto the guide (0: the source)"),
              TRIAL_SEEDS, HOLDOUT_FRACTION))

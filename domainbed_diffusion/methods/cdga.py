@@ -2,16 +2,17 @@
 
 PG: img2img of each image of env i with the prompt "a {class}, {description of env j}".
 IG: the same pairs, guided by an image of the same class from env j instead of text. Stable Diffusion v1.x has
-no image conditioning, so the guide acts through its latent statistics: the source latent takes the guide
-latent's per-channel mean and std (AdaIN in the VAE latent space, where colour and texture statistics live),
-then img2img with the class-only prompt pulls the result back onto the image manifold. It needs only the
-components every user of the other methods has, and works where domains have no text (VLCS, TerraIncognita).
+no image conditioning, so the guide acts in pixel space (``style.transplant``): the source's foreground,
+recoloured to the guide foreground's statistics, is set on the guide's own background, then img2img with the
+class-only prompt redraws it onto the image manifold. It needs only the components every user of the other
+methods has, and works where domains have no text (VLCS, TerraIncognita). Image-conditioned pipelines
+(diffusers' image variation, unCLIP) are not supported.
 """
 import json
 import os
 import random
 
-from .style import adain, channel_stats
+from .style import transplant
 
 PROMPT_TEMPLATE = "a {class_name}, {domain}"
 CLASS_PROMPT_TEMPLATE = "a {class_name}"
@@ -88,13 +89,6 @@ def choose_guide(candidates, key, presorted=False):
     return (candidates if presorted else sorted(candidates))[random.Random(key).randrange(len(candidates))]
 
 
-def image_guided_latents(source_latents, guide_latents, mix=1.0):
-    """IG's guidance: the source latents with channel statistics moved ``mix`` of the way to the guide's."""
-    s_mean, s_std = channel_stats(source_latents)
-    g_mean, g_std = channel_stats(guide_latents)
-    return adain(source_latents, (1 - mix) * s_mean + mix * g_mean, (1 - mix) * s_std + mix * g_std)
-
-
 def prompt_guided(model, latents, prompts, seeds, strength, steps, guidance):
     """CDGA-PG images (B, 3, R, R) in [0, 1]: img2img of clean ``latents`` toward ``prompts``, a seed per image."""
     from ..diffusion.pipeline import generators_from_seeds
@@ -102,8 +96,8 @@ def prompt_guided(model, latents, prompts, seeds, strength, steps, guidance):
     return model.decode_latents(out)
 
 
-def image_guided(model, latents, guide_latents, prompts, seeds, strength, steps, guidance, mix=1.0):
-    """CDGA-IG images: ``latents`` moved toward ``guide_latents``' channel statistics, then img2img with the
-    class-only ``prompts``."""
-    return prompt_guided(model, image_guided_latents(latents, guide_latents, mix), prompts, seeds, strength,
-                         steps, guidance)
+def image_guided(model, pixels, guide_pixels, prompts, seeds, strength, steps, guidance, mix=1.0):
+    """CDGA-IG images: source ``pixels`` (B, 3, R, R) in [0, 1] transplanted onto their guides
+    (``style.transplant``), then img2img with the class-only ``prompts``."""
+    latents = model.encode_images(transplant(pixels, guide_pixels, mix))
+    return prompt_guided(model, latents, prompts, seeds, strength, steps, guidance)
