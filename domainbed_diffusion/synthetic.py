@@ -206,7 +206,9 @@ class SyntheticDomains:
             f"{self.dataset_root}: every {method} image this run could use was made by a diffusion model trained "
             f"on its test env(s) {test_names} ({', '.join(models)}). Generate with the model that excludes the "
             f"test env (--model embedded does on DigitStyles: one model per test env), or opt in with the "
-            f"hparam {UNSAFE}=true for an ablation.")
+            f"hparam {UNSAFE}=true for an ablation."
+            + (" No shipped model excludes two test envs: sweep with --single_test_envs." if len(test_names) > 1
+               else ""))
 
 
 def _vocabulary_map(vocabulary, names, what, dataset_root, index, rows_with, hint):

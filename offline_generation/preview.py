@@ -38,9 +38,16 @@ def _rows(domains, method, dataset_dir, n_rows, n_variants, seed):
             label = f"{group[0]['source_env']}/{group[0]['class_name']}"
             folder = os.path.join(dataset_dir, group[0]["source_env"], group[0]["class_name"])
             real = os.path.join(folder, sorted(os.listdir(folder))[0])
-        labels = [f"{r['guide_env']}" if r.get("guide_env") else f"#{r['sample']}" for r in group]
+        labels = [(f"{r['guide_env']}" if r.get("guide_env") else f"#{r['sample']}",
+                   _made_by(r["file"])) for r in group]
         rows.append((label, real, [os.path.join(domains.dataset_root, r["file"]) for r in group], labels))
     return rows
+
+
+def _made_by(file):
+    """"w/o <env>" for an image of a per-test-env model (its folder ``without-<env>/``), else ""."""
+    head = file.split("/", 1)[0]
+    return "w/o " + head[len("without-"):] if head.startswith("without-") and "/" in file else ""
 
 
 def preview(args, stream=None):
@@ -55,7 +62,8 @@ def preview(args, stream=None):
         raise FileNotFoundError(f"no synthetic images of {args.methods} under {domains.dataset_root}: "
                                 f"generate them first with python -m offline_generation")
     columns = 1 + max(len(r[2]) for _, rows in sections for r in rows)
-    height = sum(20 + len(rows) * (tile + 16 + pad) for _, rows in sections)
+    line = 12 if any(by for _, rows in sections for r in rows for _, by in r[3]) else 0  # a "w/o" line
+    height = sum(20 + len(rows) * (tile + 16 + line + pad) for _, rows in sections)
     grid = Image.new("RGB", (LABEL_WIDTH + columns * (tile + pad), height), "white")
     draw = ImageDraw.Draw(grid)
     y = 0
@@ -65,11 +73,12 @@ def preview(args, stream=None):
         for key, real, files, labels in rows:
             draw.text((4, y + tile // 2), key[-24:], fill="black")
             x = LABEL_WIDTH
-            for path, label in [(real, "source")] + list(zip(files, labels)):
+            for path, (label, by) in [(real, ("source", ""))] + list(zip(files, labels)):
                 grid.paste(load_rgb(path).resize((tile, tile), Image.NEAREST), (x, y))
                 draw.text((x, y + tile + 1), label[:16], fill="gray")
+                draw.text((x, y + tile + 13), by[:16], fill="gray")
                 x += tile + pad
-            y += tile + 16 + pad
+            y += tile + 16 + line + pad
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_png(grid, args.out)
     print(f"wrote {args.out}", file=stream)

@@ -224,13 +224,14 @@ class Report:
                 x[member], y[member], s, g, predicted_class[member], predicted_env[member],
                 copy[member] if copy is not None else None)
         held_out = np.array([p != s and p != g for p, s, g in zip(predicted_env, src, guide)])
+        to_test_env = self._to_test_env(index, rows, src, guide, predicted_env)
         synthetic_diversity = self._diversity(x, target, y)
         ratios = [v / self.real_diversity[k] for k, v in synthetic_diversity.items()
                   if self.real_diversity.get(k, 0) > 0]
         out = dict(
             records=len(index), sampled=len(rows), label_fidelity=float(np.mean(predicted_class == y)),
             to_target=float(np.mean(predicted_env == target)), to_source=float(np.mean(predicted_env == src)),
-            to_held_out=float(np.mean(held_out)),
+            to_held_out=float(np.mean(held_out)), to_test_env=float(np.mean(to_test_env)),
             label_fidelity_per_class={self.classes[c]: float(np.mean(predicted_class[y == c] == c))
                                       for c in np.unique(y)},
             diversity_vs_real=float(np.mean(ratios)) if ratios else None, sets=sets,
@@ -241,6 +242,20 @@ class Report:
             out.update(copy_distance=dict(zip(("p10", "median", "p90"), quantiles)),
                        near_copy_share=float(np.mean(finite < self.near_copy)))
         return out, (x, target, src)
+
+    def _to_test_env(self, index, rows, src, guide, predicted_env):
+        """Per sampled image, the share of the runs using it whose test env it is attributed to: the env its model
+        never saw where the model has one (one model per test env), else each env neither source nor guide."""
+        unseen = []
+        for seen in index.model_trained_on:
+            missing = [e for e, env in enumerate(self.envs) if seen is not None and env not in seen]
+            unseen.append(missing[0] if len(missing) == 1 else -1)
+        held = np.asarray(unseen or [-1])[np.asarray(index.model)[rows]]
+        out = np.empty(len(rows))
+        for k, (p, s, g, h) in enumerate(zip(predicted_env, src, guide, held)):
+            tests = [h] if h >= 0 else [e for e in range(len(self.envs)) if e not in (s, g)]
+            out[k] = np.mean([p == t for t in tests]) if tests else np.nan
+        return out
 
     def _copies(self, index, rows, x):
         """Each sampled image's feature distance to its source image (NaN where it has none)."""
@@ -362,19 +377,20 @@ def summary_text(result):
              f"reference: label probe {ref['label_accuracy']:.1%} and env probe {ref['env_accuracy']:.1%} on "
              f"{ref['validated_on']} real validation images (trained on {ref['trained_on']}); near copy: feature "
              f"distance to its source under {result['near_copy_threshold']:.4f}",
-             f"{'method':<14}{'images':>8}{'label':>8}{'target':>8}{'source':>8}{'held out':>10}{'FID tgt':>9}"
-             f"{'copies':>8}{'diversity':>11}"]
+             f"{'method':<14}{'images':>8}{'label':>8}{'target':>8}{'source':>8}{'held out':>10}{'test env':>10}"
+             f"{'FID tgt':>9}{'copies':>8}{'diversity':>11}"]
     for method, m in result["methods"].items():
         fids = [s["fid"].get(name.split(" -> ")[-1]) for name, s in m["sets"].items()]
         fids = [f for f in fids if f is not None]
         lines.append(f"{method:<14}{m['sampled']:>8}{m['label_fidelity']:>8.1%}{m['to_target']:>8.1%}"
-                     f"{m['to_source']:>8.1%}{m['to_held_out']:>10.1%}"
+                     f"{m['to_source']:>8.1%}{m['to_held_out']:>10.1%}{m['to_test_env']:>10.1%}"
                      f"{(np.median(fids) if fids else float('nan')):>9.2f}"
                      + (f"{m['near_copy_share']:>8.1%}" if "near_copy_share" in m else f"{'-':>8}") +
                      f"{(m['diversity_vs_real'] or float('nan')):>11.2f}")
     lines.append("label: share given its intended class; target/source/held out: share attributed to the env the "
-                 "method aimed at, to its source env, to envs neither source nor guide (the test envs of the runs "
-                 "that use them); FID tgt: median FID to the target env; copies: near-copy share; diversity: "
+                 "method aimed at, to its source env, to envs neither source nor guide; test env: to the test env "
+                 "of the runs that use the image (the style its model never saw, with one model per test env), "
+                 "averaged over those runs; FID tgt: median FID to the target env; copies: near-copy share; diversity: "
                  "within-class spread relative to real.")
     return "\n".join(lines)
 

@@ -194,6 +194,8 @@ def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS),
         keep = [s != style for s in styles]
         torch.manual_seed(seed)
         pipe = StableDiffusionPipeline.from_pretrained(base_dir, safety_checker=None, requires_safety_checker=False)
+        for name in ("unet", "vae"):  # diffusers records where it loaded from: a path, which would change the bytes
+            getattr(pipe, name).register_to_config(_name_or_path=f"embedded-base/{name}")
         latents = _latents(pipe.vae, images[torch.tensor(keep)])
         ids = prompt_ids(pipe.tokenizer, [l for l, k in zip(labels, keep) if k])
         print(f"without {style}: {len(ids)} pool images in {len(set(styles)) - 1} styles", flush=True)

@@ -1,9 +1,11 @@
 """The main job on the embedded default: DigitStyles from data to a results table, on a CPU.
 
-    python sweeps/main_job.py [--quick] [--data_dir data] [--output_dir outputs/digitstyles] [--trials N] [--steps N]
+    python sweeps/main_job.py [--quick] [--all_styles] [--data_dir data] [--output_dir outputs/digitstyles]
+                              [--trials N] [--steps N]
 
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
-2. generates every method's synthetic domains with the embedded diffusion model (resumable);
+2. generates every method's synthetic domains with the embedded diffusion models, one per test env: the images
+   a run with test env k reads were made by the model that never saw style k (resumable);
 3. writes a preview grid of each method's synthetic images;
 4. writes the synthetic-domain report (``python -m offline_generation report``: label fidelity, style
    attribution, FID/KID, copies, a map) under ``<output_dir>/report``;
@@ -11,6 +13,10 @@
    finished runs are kept, interrupted ones redone);
 6. prints stock collect_results' tables and saves them, with a bar chart of test-env accuracy (training-domain
    validation) per method per test env.
+
+``--all_styles`` is the ablation: ERM and the rows that use a diffusion model, with the all-styles model (it saw
+every benchmark style; the runs opt in with ``UNSAFE_generator_saw_test_env``), in their own folders. A row's
+difference between the two tables is the part of its gain owed to a generator that saw the test style.
 """
 import argparse
 import importlib.util
@@ -23,6 +29,7 @@ import time
 from domainbed_diffusion import catalogue, statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_STYLES = "embedded-all-styles"  # the ablation's generator
 ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
 GET_DOMAINBED = """DomainBed is not importable, so the report and the sweep cannot run (data and synthetic domains
 are ready).
@@ -45,9 +52,19 @@ def step(title):
     print(f"\n== {title} ==", flush=True)
 
 
-def sweep_args(data_dir, sweep_dir, profile):
+def uses_generator(algorithm):
+    """Whether an algorithm's images come from a diffusion model: those that define the leak opt-in."""
+    from domainbed import hparams_registry
+    return "UNSAFE_generator_saw_test_env" in hparams_registry.default_hparams(algorithm, "DigitStyles")
+
+
+def sweep_args(data_dir, sweep_dir, profile, all_styles=False):
     hparams = {"edsam_m": profile["edsam_m"], "synthetic_root": os.path.join(data_dir, profile["synthetic"])}
-    args = ["--datasets", "DigitStyles", "--algorithms", *ALGORITHMS, "--data_dir", data_dir,
+    algorithms = ALGORITHMS
+    if all_styles:
+        hparams.update(diffusion_model=ALL_STYLES, UNSAFE_generator_saw_test_env=True)
+        algorithms = ["ERM"] + [a for a in ALGORITHMS if uses_generator(a)]
+    args = ["--datasets", "DigitStyles", "--algorithms", *algorithms, "--data_dir", data_dir,
             "--output_dir", sweep_dir, "--command_launcher", "cpu_parallel", "--n_trials", str(profile["trials"]),
             "--n_hparams", "1", "--single_test_envs", "--skip_confirmation",
             "--hparams", json.dumps(hparams)]
@@ -186,6 +203,9 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
+    parser.add_argument("--all_styles", action="store_true",
+                        help="the ablation: the rows that use a diffusion model, with the all-styles model (it saw "
+                             "the test styles), beside ERM")
     parser.add_argument("--lanes", type=int, default=None,
                         help="parallel DomainBed runs and generation workers (default: 2 or cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
@@ -194,7 +214,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     profile = dict(PROFILES["quick" if args.quick else "full"])
     profile.update({k: v for k, v in (("trials", args.trials), ("steps", args.steps)) if v})
-    out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + ("-quick" if args.quick else "")))
+    suffix = ("-quick" if args.quick else "") + ("-all-styles" if args.all_styles else "")
+    profile["synthetic"] += "-all-styles" if args.all_styles else ""
+    out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + suffix))
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p),
@@ -207,14 +229,16 @@ def main(argv=None):
     from domainbed_diffusion import digitstyles
     digitstyles.prepare(data_dir, pool=False)
 
-    step("2/6 synthetic domains with the embedded model")
+    step("2/6 synthetic domains with the " + ("all-styles model (ablation)" if args.all_styles else
+                                              "embedded models, one per test env"))
     from offline_generation.cli import main as generate
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
     workers = args.lanes or default_lanes()  # the sweep's lanes: one thread each, the same bytes on any machine
     code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
                      "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64",
-                     "--workers", str(workers), "--trial_seeds", *map(str, range(profile["trials"]))]
+                     "--workers", str(workers), "--trial_seeds", *map(str, range(profile["trials"])),
+                     "--model", ALL_STYLES if args.all_styles else "embedded"]
                     + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     if code:
         return code
@@ -235,7 +259,7 @@ def main(argv=None):
 
     step("5/6 DomainBed sweep")
     sweep_dir = os.path.join(out, "sweep")
-    common = sweep_args(data_dir, sweep_dir, profile)
+    common = sweep_args(data_dir, sweep_dir, profile, args.all_styles)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)

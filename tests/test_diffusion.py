@@ -167,6 +167,6 @@ def test_embedded_model_is_shipped_and_loads():
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     assert total < 15 * 2 ** 20  # a few MB
     m = LatentDiffusion.from_pretrained("embedded", device="cpu")
-    assert m.model_id.startswith("embedded@")
+    assert m.model_id.startswith("embedded-all-styles@")  # "embedded" outside DigitStyles runs
     assert m.tokenizer.tokenize("a seven, neon glow on a dark background") == [
         "a</w>", "seven</w>", ",</w>", "neon</w>", "glow</w>", "on</w>", "a</w>", "dark</w>", "background</w>"]

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from domainbed_diffusion import catalogue
+from domainbed_diffusion.generators import GeneratorLeakError
 
 from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
@@ -206,6 +207,38 @@ def test_synthetic_algorithms_never_read_a_test_env_or_validation_image(syntheti
         algorithm.update(_minibatches(dataset, 8, [0, 2, 3]))
 
 
+def test_stock_train_script_runs_use_the_model_without_their_test_style(synthetic_digitstyles, tmp_path,
+                                                                        monkeypatch):
+    """The stock train script, test env 0 then 2: every synthetic image a run reads (every method's) was made by
+    the shipped model that never saw its test style; with the all-styles model's images only, it refuses."""
+    import runpy
+    for test_env, style in ((0, "blueprint"), (2, "neon")):
+        for name in SYNTHETIC:
+            monkeypatch.setattr(sys, "argv", [
+                "train.py", "--dataset", "DigitStyles", "--algorithm", name, "--data_dir", synthetic_digitstyles,
+                "--test_envs", str(test_env), "--steps", "1", "--output_dir", str(tmp_path / f"{name}{test_env}"),
+                "--hparams", json.dumps({"edsam_m": 2})])
+            run = runpy.run_module("domainbed.scripts.train", run_name="__main__")["algorithm"]
+            models = {r["model_id"].split("@")[0] for d in run.synthetic.datasets for r in d.selection.records()}
+            assert models == {f"embedded-without-{style}"}, (name, test_env, models)
+    all_styles = str(tmp_path / "all-styles")
+    from offline_generation.cli import main
+    assert main(["--dataset", "DigitStyles", "--data_dir", synthetic_digitstyles, "--methods", "edsam",
+                 "--max_per_class", "2", "--num_samples", "2", "--model", "embedded-all-styles", "--output_dir",
+                 all_styles]) == 0
+    for opt_in in (False, True):
+        hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), synthetic_root=all_styles,
+                       edsam_m=2, UNSAFE_generator_saw_test_env=opt_in)
+        dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
+        if opt_in:
+            algorithm = algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
+            assert {r["model_id"].split("@")[0] for d in algorithm.synthetic.datasets
+                    for r in d.selection.records()} == {"embedded-all-styles"}
+        else:
+            with pytest.raises(GeneratorLeakError, match=r"test env\(s\) \['blueprint'\].*embedded-all-styles"):
+                algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
+
+
 def test_missing_synthetic_data_gives_the_generator_command(digitstyles_dir, tmp_path):
     hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), synthetic_root=str(tmp_path))
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
@@ -222,7 +255,8 @@ def test_edsam_rho_must_match_a_generated_rho(synthetic_digitstyles):
 
 
 def test_domainfusion_keeps_a_one_to_one_set_that_refreshes_and_leaves_diffusion_alone(digitstyles_dir):
-    hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1)
+    hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1,
+                   refresh_order="drawn")
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
     splits = [misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i)) for i, env in enumerate(dataset)]
     algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
@@ -237,6 +271,37 @@ def test_domainfusion_keeps_a_one_to_one_set_that_refreshes_and_leaves_diffusion
     algorithm.update(_minibatches(dataset, 8, [1, 2, 3]))
     assert all(torch.equal(unet[k], v) for k, v in algorithm._diffusion.unet.state_dict().items())
     assert not any("unet" in k or "vae" in k for k in algorithm.state_dict())
+
+
+def test_domainfusion_regenerates_its_whole_set_within_a_digitstyles_run(digitstyles_dir, capsys):
+    """DigitStyles' default cadence (a cycle through the set, refresh_every and turnover_steps as registered) over
+    the dataset's N_STEPS; GSD off and one one-step candidate, only to keep the test short."""
+    hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), lambda_gsd=0.0, n_candidates=1,
+                   img2img_steps=2)
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [2], hparams)
+    algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+    assert algorithm.diffusion_model == "embedded-without-neon"  # the model that never saw the test style
+    fractions = [algorithm.update(_minibatches(dataset, 8, [0, 1, 3]))["refreshed_fraction"]
+                 for _ in range(dataset.N_STEPS)]
+    assert algorithm._diffusion.model_id.startswith("embedded-without-neon@")
+    turnover = hparams["turnover_steps"]
+    assert fractions[turnover // 2] < 0.6 and fractions[turnover] == 1.0 == fractions[-1]
+    assert (algorithm.pool.store.versions >= 1).all() and algorithm.pool.store.versions.max() == 2
+    assert f"100.0% of the synthetic set ({len(algorithm.pool)} images) was regenerated in {dataset.N_STEPS} " \
+           f"steps" in capsys.readouterr().out
+
+
+def test_domainfusion_refuses_a_model_that_saw_the_test_env_unless_opted_in(digitstyles_dir):
+    for opt_in in (False, True):
+        hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"),
+                       diffusion_model="embedded-all-styles", UNSAFE_generator_saw_test_env=opt_in)
+        dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [1], hparams)
+        algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+        if opt_in:
+            assert algorithm.diffusion("cpu").model_id.startswith("embedded-all-styles@")
+        else:
+            with pytest.raises(GeneratorLeakError, match=r"trained on this run's test env\(s\) \['ink'\]"):
+                algorithm.diffusion("cpu")
 
 
 def test_domainfusion_ablations_are_hparams(digitstyles_dir):
@@ -257,7 +322,7 @@ def test_domainfusion_step_in_half_precision(digitstyles_dir, dtype):
     losses = {}
     for precision in ("float32", dtype):
         hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1,
-                       gsd_every=1, diffusion_dtype=precision)
+                       refresh_order="drawn", gsd_every=1, diffusion_dtype=precision)
         dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
         torch.manual_seed(0)
         algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)

@@ -1,5 +1,10 @@
-"""The embedded model follows its prompts: a small classifier trained on real DigitStyles images recognises the
-prompted digit in the model's text-to-image samples well above chance (10%)."""
+"""The embedded models follow their prompts: a small classifier trained on real DigitStyles images recognises the
+prompted digit in each model's text-to-image samples well above chance (10%); the per-test-env models are what
+their recipe makes, byte for byte."""
+import filecmp
+import os
+
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,12 +46,20 @@ def _classifier(x, y, steps=400):
     return net.eval()
 
 
-def test_samples_follow_the_prompted_digit(digitstyles_dir):
+@pytest.fixture(scope="module")
+def judge(digitstyles_dir):
     x, y = _real_digitstyles(digitstyles_dir)
     net = _classifier(x, y)
     with torch.no_grad():
         assert (net((x - 0.5) / 0.25).argmax(1) == y).float().mean() > 0.9  # the judge knows real digits
-    model = LatentDiffusion.from_pretrained("embedded", device="cpu")
+    return net
+
+
+@pytest.mark.parametrize("name", ["embedded-all-styles"] + [f"embedded-without-{s}" for s in digitstyles.DOMAINS])
+def test_samples_follow_the_prompted_digit(judge, name):
+    """Prompts in the four benchmark styles, the held-out model's unseen one included."""
+    net = judge
+    model = LatentDiffusion.from_pretrained(name, device="cpu")
     prompts, labels = [], []
     for label, cls in enumerate(digitstyles.CLASS_NAMES):
         for style in digitstyles.DOMAINS:
@@ -55,5 +68,31 @@ def test_samples_follow_the_prompted_digit(digitstyles_dir):
     images = text_to_image(model, prompts, list(range(len(prompts))), steps=20, guidance=3.0)
     with torch.no_grad():
         accuracy = (net((images - 0.5) / 0.25).argmax(1) == torch.tensor(labels)).float().mean().item()
-    print(f"prompted digit recognised in {accuracy:.0%} of {len(prompts)} samples")
+    print(f"{name}: prompted digit recognised in {accuracy:.0%} of {len(prompts)} samples")
     assert accuracy >= 0.5
+
+
+def test_the_held_out_recipe_is_byte_reproducible_and_resumes(tmp_path):
+    """A short version of the recipe (a few steps per stage) twice from scratch, then once more resumed from the
+    cached base: every file of the models is the same bytes; the card says which styles each saw."""
+    from domainbed_diffusion.generators import trained_on
+    from offline_generation.train_embedded import train_held_out
+    data_dir = str(tmp_path / "data")
+    steps = dict(vae_steps=2, base_steps=2, finetune_steps=2)
+    runs = []
+    for k in range(2):
+        out = str(tmp_path / f"models{k}")
+        train_held_out(data_dir, out, ("neon", "ink"), work_dir=str(tmp_path / f"base{k}"), **steps)
+        runs.append(out)
+    resumed = str(tmp_path / "resumed")
+    train_held_out(data_dir, resumed, ("ink",), work_dir=str(tmp_path / "base0"), **steps)
+    for style in ("neon", "ink"):
+        folders = [os.path.join(r, f"digitstyles-ldm-without-{style}") for r in runs + [resumed]][:3 if style ==
+                                                                                                  "ink" else 2]
+        files = sorted(os.path.relpath(os.path.join(d, f), folders[0]) for d, _, fs in os.walk(folders[0])
+                       for f in fs)
+        assert any(f.endswith(".safetensors") for f in files)
+        for other in folders[1:]:
+            match, mismatch, errors = filecmp.cmpfiles(folders[0], other, files, shallow=False)
+            assert not mismatch and not errors, (style, mismatch, errors)
+        assert trained_on(folders[0]) == sorted(set(digitstyles.POOL_STYLES) - {style})

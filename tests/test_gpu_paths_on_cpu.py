@@ -36,7 +36,8 @@ def every_method(model, x, steps=6):
     return dict(
         cdga_pg=cdga.prompt_guided(model, z, [cdga.pg_prompt(c, "neon glow on a dark background") for c in
                                               ("seven", "three", "five")], seeds, 0.6, steps, 3.0),
-        cdga_ig=cdga.image_guided(model, z, z.flip(0), prompts, seeds, 0.6, steps, 3.0),
+        cdga_ig=cdga.image_guided(model, x.to(model.dtype), x.flip(0).to(model.dtype), prompts, seeds, 0.6, steps,
+                                  3.0),
         edsam=edsam.generate(model, z, prompts, [[s] for s in seeds], 0.5, steps, 1.0)[0],
         latent_prior=latent_prior.generate(model, x.to(model.dtype), "a seven", 2, lambda k: 100 + k, steps,
                                            steps - 1, 1.0, 0.0, (1.0, 90.0, 90.0), 4, 8).images,

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from domainbed_diffusion.methods import candidates, cdga, edsam, gsd, latent_prior
+from domainbed_diffusion.methods import style
 from domainbed_diffusion.methods.style import adain, channel_stats
 from domainbed_diffusion.methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
@@ -166,14 +167,28 @@ def test_cdga_prompts_and_descriptions():
         cdga.load_descriptions("MyData", ["x"], "{not json")
 
 
-def test_image_guidance_moves_latent_statistics_to_the_guide():
-    torch.manual_seed(0)
-    source, guide = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8) * 3 + 1
-    out = cdga.image_guided_latents(source, guide, mix=1.0)
-    assert torch.allclose(channel_stats(out)[0], channel_stats(guide)[0], atol=1e-4)
-    half = cdga.image_guided_latents(source, guide, mix=0.5)
-    expected = (channel_stats(source)[0] + channel_stats(guide)[0]) / 2
-    assert torch.allclose(channel_stats(half)[0], expected, atol=1e-4)
+def _strokes(foreground_colour, background_colour, rows):
+    """A 16x16 image: ``rows`` (a slice) of ``foreground_colour`` on ``background_colour``."""
+    image = torch.tensor(background_colour, dtype=torch.float32)[:, None, None].repeat(1, 16, 16)
+    image[:, rows, 4:12] = torch.tensor(foreground_colour)[:, None, None]
+    return image
+
+
+def test_image_guidance_puts_the_source_strokes_in_the_guides_colours_on_its_background():
+    ink = _strokes((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), slice(3, 6))  # dark strokes on light paper
+    grid = _strokes((0.9, 0.9, 1.0), (0.1, 0.2, 0.6), slice(9, 13))  # light strokes on a blue ground...
+    grid[:, :, 14] = torch.tensor([0.3, 0.4, 0.8])[:, None]  # ...with a grid line
+    mask = style.foreground(torch.stack([ink, grid]))
+    assert (mask[0, 0, 3:6, 4:12] > 0.99).all() and (mask[0, 0, 8:, :] < 0.01).all()
+    out = style.transplant(ink[None], grid[None])[0]
+    # the source's strokes, where they were, in the guide's stroke colour; the guide's ground (grid line kept) around
+    assert torch.allclose(out[:, 3:6, 4:12], grid[:, 9, 4:12, None].permute(0, 2, 1).expand(3, 3, 8), atol=0.02)
+    assert torch.allclose(out[:, 0, :], grid[:, 0, :], atol=0.02)  # the top row, its grid line pixel included
+    # where the guide had strokes and the source has none: the guide's ground, filled with its mean colour
+    assert (out[0, 9:13, 4:12] < 0.3).all() and (out[2, 9:13, 4:12] < 0.75).all()
+    assert torch.equal(style.transplant(ink[None], grid[None], mix=0.0)[0], ink)  # mix 0: the source
+    whole = style.adain(ink[None], *style.channel_stats(grid[None]))[0]  # whole-image AdaIN keeps the polarity
+    assert whole[0, 4, 6] < whole[0, 0, 0]
     assert cdga.choose_guide(["b", "a", "c"], "k") == cdga.choose_guide(["c", "a", "b"], "k")
 
 

@@ -88,9 +88,11 @@ def test_a_method_added_to_the_catalogue_is_listed_and_generated(toy_method, dig
     with pytest.raises(ValueError, match="already in the catalogue"):
         catalogue.add(toy_method)
     records = generate(digitstyles_dir, str(tmp_path / "synthetic"))
-    assert len(records) == 4 * 10 * 2  # every env, class and source image once (--max_per_class 2)
+    # each of the four per-test-env models: the other three envs' images once (--max_per_class 2)
+    assert len(records) == 4 * 3 * 10 * 2
     assert {r["method"] for r in records} == {METHOD} and all(r["params"] == {"resolution": 32} for r in records)
-    assert records[0]["model_id"].startswith("embedded@")
+    assert {r["model_id"].split("@")[0] for r in records} == {f"embedded-without-{e}" for e in
+                                                              ("blueprint", "ink", "neon", "sketch")}
     # the embedded VAE reconstructs its own domain's images: each output is close to its source, not a copy of noise
     errors = []
     for r in records[:20]:

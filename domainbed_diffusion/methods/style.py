@@ -17,7 +17,7 @@ def adain(content, mean, std, eps=1e-5):
 
 def foreground(pixels, bins=64, softness=0.05):
     """Soft foreground masks (B, 1, H, W) of images in [0, 1]: each pixel's colour distance from the median
-    colour of the image border, split at Otsu's threshold (hand-written: one vectorised pass over a batch on
+    colour of the image border, split between the two classes of Otsu's method (hand-written: one vectorised pass over a batch on
     the model's device, where a library's is one image at a time on the CPU)."""
     import torch
     border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], -1)
@@ -31,7 +31,11 @@ def foreground(pixels, bins=64, softness=0.05):
     levels = torch.arange(bins, device=pixels.device, dtype=p.dtype)
     w0, mu0 = p.cumsum(1), (p * levels).cumsum(1)
     between = (mu0[:, -1:] * w0 - mu0) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
-    threshold = lo + (between.argmax(1, keepdim=True) + 0.5) / (bins - 1) * span
+    k = between.argmax(1, keepdim=True)
+    w, m = w0.gather(1, k), mu0.gather(1, k)
+    # midway between the two classes' mean levels at Otsu's split, so a two-valued image splits cleanly
+    middle = (m / w.clamp_min(1e-12) + (mu0[:, -1:] - m) / (1 - w).clamp_min(1e-12)) / 2
+    threshold = lo + middle / (bins - 1) * span
     return torch.sigmoid((distance - threshold[..., None, None]) / (softness * span[..., None, None]))
 
 
@@ -51,6 +55,7 @@ def transplant(source, guide, mix=1.0):
     Region by region rather than whole-image AdaIN, because an affine map of the whole image keeps the source's
     polarity (dark strokes on light paper cannot become light strokes on a dark ground) and none of the guide's
     texture; the img2img that follows redraws the seams."""
+    dtype, source, guide = source.dtype, source.float(), guide.float()  # statistics in float32, as AdaIN's
     source_fg, guide_fg = foreground(source), foreground(guide)
     g_bg_mean, _ = weighted_stats(guide, 1 - guide_fg)
     background = guide * (1 - guide_fg) + g_bg_mean[..., None, None] * guide_fg
@@ -59,4 +64,4 @@ def transplant(source, guide, mix=1.0):
     strokes = (source - s_mean[..., None, None]) / s_std[..., None, None] * g_std[..., None, None] + \
         g_mean[..., None, None]
     out = (source_fg * strokes + (1 - source_fg) * background).clamp(0, 1)
-    return mix * out + (1 - mix) * source
+    return (mix * out + (1 - mix) * source).to(dtype)
