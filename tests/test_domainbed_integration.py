@@ -239,6 +239,20 @@ def test_stock_train_script_runs_use_the_model_without_their_test_style(syntheti
                 algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
 
 
+def test_cdga_ig_images_take_their_guides_style_and_keep_the_class(synthetic_digitstyles, tmp_path):
+    """The synthetic-domain report on the fixture's CDGA sets (4 images per env and class, every model): most
+    CDGA-IG images are attributed to their guide's env, and their label fidelity is close to CDGA-PG's."""
+    from offline_generation.cli import main
+    out = str(tmp_path / "report")
+    assert main(["report", "--dataset", "DigitStyles", "--data_dir", synthetic_digitstyles, "--methods", "cdga-ig",
+                 "cdga-pg", "--output", out, "--no_map"]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        methods = json.load(f)["methods"]
+    ig, pg = methods["cdga-ig"], methods["cdga-pg"]
+    assert ig["to_target"] >= 0.5, ig["to_target"]
+    assert ig["label_fidelity"] >= pg["label_fidelity"] - 0.1, (ig["label_fidelity"], pg["label_fidelity"])
+
+
 def test_missing_synthetic_data_gives_the_generator_command(digitstyles_dir, tmp_path):
     hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), synthetic_root=str(tmp_path))
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
