@@ -235,8 +235,8 @@ def train_embedded_main(argv):
     parser.add_argument("--all_styles", action="store_true", help="train the all-styles model instead")
     parser.add_argument("--held_out", nargs="+", default=None, metavar="STYLE",
                         help="benchmark styles to build a model without (default: all four)")
-    parser.add_argument("--vae_steps", type=int, default=None, help="default 1000 (held-out), 1500 (all styles)")
-    parser.add_argument("--base_steps", type=int, default=2500, help="base denoiser steps on pool-only styles")
+    parser.add_argument("--vae_steps", type=int, default=1500)
+    parser.add_argument("--base_steps", type=int, default=8000, help="base denoiser steps on pool-only styles")
     parser.add_argument("--finetune_steps", type=int, default=700, help="fine-tune steps per held-out model")
     parser.add_argument("--unet_steps", type=int, default=8000, help="denoiser steps of the all-styles model")
     parser.add_argument("--work_dir", default=None, help="cache of the shared base (default <data_dir>/embedded-base)")
@@ -247,14 +247,14 @@ def train_embedded_main(argv):
 
     from .train_embedded import train, train_held_out
     if args.all_styles:
-        return train(args.data_dir, args.out or EMBEDDED_MODEL_PATH, args.vae_steps or 1500, args.unet_steps,
+        return train(args.data_dir, args.out or EMBEDDED_MODEL_PATH, args.vae_steps, args.unet_steps,
                      seed=args.seed)
     unknown = sorted(set(args.held_out or []) - set(digitstyles.DOMAINS))
     if unknown:
         raise ValueError(f"--held_out {' '.join(unknown)}: not a DigitStyles benchmark style; choose from "
                          f"{', '.join(digitstyles.DOMAINS)}")
     return train_held_out(args.data_dir, args.out or FOLDER, tuple(args.held_out or digitstyles.DOMAINS),
-                          args.vae_steps or 1000, args.base_steps, args.finetune_steps, seed=args.seed,
+                          args.vae_steps, args.base_steps, args.finetune_steps, seed=args.seed,
                           work_dir=args.work_dir)
 
 

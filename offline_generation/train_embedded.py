@@ -48,13 +48,42 @@ def _ema_update(ema, model, decay):
         e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
-def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200, seed=0):
+class Resumable:
+    """A training stage's state (modules, optimizer, schedule, random generator, step) saved every ``every`` steps
+    to ``path`` and restored from it, so a long stage spans interruptions and ends with the same bytes."""
+
+    def __init__(self, path, every, **parts):
+        self.path, self.every, self.parts, self.start = path, every, parts, 0
+        if path and os.path.isfile(path):
+            state = torch.load(path, weights_only=False)
+            for name, part in parts.items():
+                if isinstance(part, torch.Generator):
+                    part.set_state(state[name])
+                else:
+                    part.load_state_dict(state[name])
+            self.start = state["step"]
+            print(f"resumed {path} at step {self.start}", flush=True)
+
+    def after(self, step):
+        """Save after ``step`` (0-based) when it ends a period."""
+        if self.path and (step + 1) % self.every == 0:
+            state = {n: (p.get_state() if isinstance(p, torch.Generator) else p.state_dict())
+                     for n, p in self.parts.items()}
+            torch.save(dict(state, step=step + 1), self.path + ".tmp")
+            os.replace(self.path + ".tmp", self.path)
+
+
+def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200, seed=0, state=None, every=250,
+              stop_at=None):
+    """``state``: a file that makes the stage resumable (``Resumable``); ``stop_at``: return after that many
+    steps, state saved, to spread a build over several sessions."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, 200))
+    resume = Resumable(state, every, vae=vae, opt=opt, sched=sched, g=g)
     vae.train()
     start = time.time()
-    for step in range(steps):
+    for step in range(resume.start, stop_at or steps):
         x = images[torch.randint(len(images), (batch_size,), generator=g)] * 2 - 1
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=g)).sample
@@ -63,6 +92,7 @@ def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200,
         loss.backward()
         opt.step()
         sched.step()
+        resume.after(step)
         if step % log_every == 0 or step == steps - 1:
             print(f"[vae] step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
     vae.eval()
@@ -88,16 +118,18 @@ def prompt_ids(tokenizer, labels):
 
 
 def train_denoiser(unet, text_encoder, scheduler, latents, ids, steps, batch_size, lr, log_every=200, seed=0,
-                   ema_decay=0.999, warmup=200):
+                   ema_decay=0.999, warmup=200, state=None, every=250, stop_at=None):
     g = torch.Generator().manual_seed(seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, warmup))
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    resume = Resumable(state, every, unet=unet, text_encoder=text_encoder, ema_unet=ema_unet, ema_text=ema_text,
+                       opt=opt, sched=sched, g=g)
     unet.train()
     text_encoder.train()
     start = time.time()
-    for step in range(steps):
+    for step in range(resume.start, stop_at or steps):
         idx = torch.randint(len(latents), (batch_size,), generator=g)
         r = torch.rand(batch_size, generator=g)
         variant = torch.where(r < 0.10, 2, torch.where(r < 0.25, 1, 0))  # empty / class-only / full prompt
@@ -114,6 +146,7 @@ def train_denoiser(unet, text_encoder, scheduler, latents, ids, steps, batch_siz
         sched.step()
         _ema_update(ema_unet, unet, ema_decay)
         _ema_update(ema_text, text_encoder, ema_decay)
+        resume.after(step)
         if step % log_every == 0 or step == steps - 1:
             print(f"[unet] step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
     return ema_unet, ema_text
@@ -156,14 +189,15 @@ def _replace(work, out):
     print(f"saved {out}", flush=True)
 
 
-def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS), vae_steps=1000, base_steps=2500,
+def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS), vae_steps=1500, base_steps=8000,
                    finetune_steps=700, vae_batch=32, unet_batch=64, seed=0, threads=None, work_dir=None):
     """One model per style in ``held_out``, none of which saw that style; the shared stages are cached.
 
     The autoencoder and a base denoiser are trained on the four pool-only styles (no benchmark style), then each
     model fine-tunes the base on the pool in every style but its held-out one. The base is saved in float32 under
-    ``work_dir`` (default ``<data_dir>/embedded-base``) and every fine-tune starts from that file, so an
-    interrupted run resumes with the same bytes.
+    ``work_dir`` (default ``<data_dir>/embedded-base``) and every fine-tune starts from that file; the base's two
+    stages save their state every 250 steps beside it. So an interrupted build resumes with the same bytes. The
+    base gets the all-styles model's steps (1500 and 8000): with 2500 denoiser steps it drew no recognisable digit.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -176,17 +210,20 @@ def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS),
         base = torch.tensor([s in digitstyles.PRETRAIN_STYLES for s in styles])
         print(f"base: {int(base.sum())} pool images in {', '.join(digitstyles.PRETRAIN_STYLES)}", flush=True)
         components = tiny.build_components(vocabulary(), base_dir + ".partial", seed=seed)
-        vae = train_vae(components["vae"], images[base], vae_steps, vae_batch, lr=1e-3, seed=seed)
+        vae = train_vae(components["vae"], images[base], vae_steps, vae_batch, lr=1e-3, seed=seed,
+                        state=base_dir + ".vae.state")
         latents = encode_pool(vae, images[base])
         ids = prompt_ids(components["tokenizer"], [l for l, b in zip(labels, base) if b])
         unet, text_encoder = train_denoiser(components["unet"], components["text_encoder"],
                                             components["scheduler"], latents, ids, base_steps, unet_batch,
-                                            lr=5e-4, seed=seed)
+                                            lr=5e-4, seed=seed, state=base_dir + ".unet.state")
         components.update(vae=vae, unet=unet, text_encoder=text_encoder)
         tiny.save_checkpoint(components, base_dir + ".partial")
         write_card(base_dir + ".partial", digitstyles.PRETRAIN_STYLES,
                    dict(vae_steps=vae_steps, base_steps=base_steps, seed=seed))
         _replace(base_dir + ".partial", base_dir)
+        for stage in (".vae.state", ".unet.state"):
+            os.remove(base_dir + stage)
     from diffusers import StableDiffusionPipeline
     outs = []
     for style in held_out:

@@ -29,6 +29,8 @@ MODELS = [f"embedded-without-{s}" for s in digitstyles.DOMAINS] + ["embedded-all
 
 
 def measure(report, extractor, name, seeds):
+    """Samples of every (style, digit) and what the report's probes read in them (class and env indices are the
+    report's: its folder's sorted names)."""
     from offline_generation.preview import text_to_image
     model = LatentDiffusion.from_pretrained(name, device="cpu", dtype="float32")
     seen = set(trained_on(resolve_model(name)) or ())
@@ -37,15 +39,15 @@ def measure(report, extractor, name, seeds):
         for c, cls in enumerate(digitstyles.CLASS_NAMES):
             for k in range(seeds):
                 prompts.append(digitstyles.prompt(cls, env))
-                digit.append(c)
-                style.append(s)
+                digit.append(report.classes.index(cls))
+                style.append(report.envs.index(env))
     images = torch.cat([text_to_image(model, prompts[i:i + 80], list(range(i, min(i + 80, len(prompts)))))
                         for i in range(0, len(prompts), 80)])
     x = np.asarray(extractor(as_read(images, extractor.size)))
     digit, style = np.array(digit), np.array(style)
     predicted_digit = report.label_probe.predict(x)
     predicted_style = report.env_probe.predict(x)
-    seen_mask = np.array([digitstyles.DOMAINS[s] in seen for s in style])
+    seen_mask = np.array([report.envs[s] in seen for s in style])
     result = dict(samples=len(prompts), digit=float(np.mean(predicted_digit == digit)),
                   style_seen=float(np.mean((predicted_style == style)[seen_mask])),
                   style_unseen=float(np.mean((predicted_style == style)[~seen_mask])) if (~seen_mask).any()
