@@ -183,8 +183,9 @@ class DomainFusion(ERM):
     the run's steps. The synthetic set is refreshed every ``refresh_every`` steps by N-candidate img2img and the
     sampling strategy: the images drawn at that step (``refresh_order="drawn"``, the paper's figure 3), or the next
     of a cycle that regenerates the whole set every ``turnover_steps`` steps (``"cycle"``); the share refreshed so
-    far is logged as ``refreshed_fraction``. GSD runs every ``gsd_every`` steps. The diffusion model is loaded on first use, frozen, outside the state dict; prediction
-    is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
+    far is logged as ``refreshed_fraction``. GSD runs every ``gsd_every`` steps. The diffusion model (on
+    DigitStyles the one that never saw the test style) is loaded on first use, frozen, outside the state dict;
+    prediction is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
     ``sampling_strategy=False`` give the paper's ablation rows.
     """
 

@@ -4,7 +4,8 @@ import torch
 
 from .. import hparams_registry
 from ..methods import cdga
-from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option, to_uint8
+from .base import (CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option,
+                   to_uint8)
 from .cdga_pg import CDGAPromptGuided
 
 

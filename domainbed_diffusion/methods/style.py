@@ -17,8 +17,8 @@ def adain(content, mean, std, eps=1e-5):
 
 def foreground(pixels, bins=64, softness=0.05):
     """Soft foreground masks (B, 1, H, W) of images in [0, 1]: each pixel's colour distance from the median
-    colour of the image border, split between the two classes of Otsu's method (hand-written: one vectorised pass over a batch on
-    the model's device, where a library's is one image at a time on the CPU)."""
+    colour of the image border, split between the two classes of Otsu's method (hand-written: one vectorised
+    pass over a batch on the model's device, where a library's is one image at a time on the CPU)."""
     import torch
     border = torch.cat([pixels[..., 0, :], pixels[..., -1, :], pixels[..., :, 0], pixels[..., :, -1]], -1)
     distance = (pixels - border.median(-1).values[..., None, None]).norm(dim=1, keepdim=True)
