@@ -223,7 +223,8 @@ def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS),
                    dict(vae_steps=vae_steps, base_steps=base_steps, seed=seed))
         _replace(base_dir + ".partial", base_dir)
         for stage in (".vae.state", ".unet.state"):
-            os.remove(base_dir + stage)
+            if os.path.isfile(base_dir + stage):  # none when a stage is shorter than its saving period
+                os.remove(base_dir + stage)
     from diffusers import StableDiffusionPipeline
     outs = []
     for style in held_out:
