@@ -93,14 +93,16 @@ def test_a_method_added_to_the_catalogue_is_listed_and_generated(toy_method, dig
     assert {r["method"] for r in records} == {METHOD} and all(r["params"] == {"resolution": 32} for r in records)
     assert {r["model_id"].split("@")[0] for r in records} == {f"embedded-without-{e}" for e in
                                                               ("blueprint", "ink", "neon", "sketch")}
-    # the embedded VAE reconstructs its own domain's images: each output is close to its source, not a copy of noise
-    errors = []
+    # a VAE round trip: each output is nearer its own source than any other source of its env (not noise, not
+    # another image); how near depends on the model's autoencoder, so it is compared, not thresholded
+    def pixels(path):
+        return np.asarray(Image.open(path).convert("RGB"), dtype=float)
+    sources = sorted({(r["source_env"], r["source"]) for r in records})
     for r in records[:20]:
-        made = np.asarray(Image.open(tmp_path / "synthetic" / "DigitStyles" / r["file"]), dtype=float)
-        source = np.asarray(Image.open(os.path.join(digitstyles_dir, "DigitStyles", r["source"])).convert("RGB"),
-                            dtype=float)
-        errors.append(np.abs(made - source).mean())
-    assert np.mean(errors) < 20, errors
+        made = pixels(tmp_path / "synthetic" / "DigitStyles" / r["file"])
+        errors = {s: np.abs(made - pixels(os.path.join(digitstyles_dir, "DigitStyles", s))).mean()
+                  for env, s in sources if env == r["source_env"]}
+        assert min(errors, key=errors.get) == r["source"], (r["file"], sorted(errors.values())[:3])
 
 
 @needs_domainbed
