@@ -208,7 +208,7 @@ def run(args, stream=None):
     embedded = (args.model or EMBEDDED).startswith(EMBEDDED)
     out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
     jobs = [(g, {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id, g) for m in args.methods})
-            for g in generators(args.model, args.dataset, envs)]
+            for g in generators(args.model, args.dataset, folder.env_names)]  # any env can be a test env
     if args.dry_run:
         print(f"plan for {args.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
               f"{num_shards}, into {out_root}:", file=stream)

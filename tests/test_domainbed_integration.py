@@ -329,7 +329,8 @@ def test_domainfusion_ablations_are_hparams(digitstyles_dir):
                                                         hparams_registry.default_hparams("ERM", "DigitStyles"))
     for change in ({"lambda_gsd": 0.0}, {"lambda_gen": 0.0}, {"n_candidates": 1}, {"sampling_strategy": False}):
         hparams = dict(hparams_registry.default_hparams("DomainFusion", "DigitStyles"), refresh_every=1, **change)
-        algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
+        with context.use(dataset):  # its dataset, whatever else earlier tests left alive
+            algorithm = algorithms.get_algorithm_class("DomainFusion")(dataset.input_shape, 10, 3, hparams)
         out = algorithm.update(_minibatches(dataset, 4, [1, 2, 3]))
         assert ("loss_gsd" in out) == (hparams["lambda_gsd"] > 0)
         assert ("loss_gen" in out) == (hparams["lambda_gen"] > 0)
@@ -466,8 +467,10 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
     _copy_tree(os.path.join(digitstyles_dir, "DigitStyles"), os.path.join(data, "DigitStyles"), per_class=5)
     root = os.path.join(data, "DigitStyles")
     validation = splits.validation_paths(root, sorted(os.listdir(root)), [0], 0.2)[0]["ink"]
+    # one model for every test env: this test is about splits, and its runs hold out three envs at once
     args = ["--dataset", "DigitStyles", "--data_dir", data, "--methods", "latent-prior", "--envs", "ink",
-            "--trial_seeds", "0", "--tolerance", "1", "90", "90", "--max_tries", "2", "--batch_size", "16"]
+            "--trial_seeds", "0", "--tolerance", "1", "90", "90", "--max_tries", "2", "--batch_size", "16",
+            "--model", "embedded-all-styles"]
 
     def made(name):
         assert main(args + ["--output_dir", str(tmp_path / name)]) == 0
@@ -493,7 +496,7 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
 
     # the reader: a run split as trial 0 takes these images; a run split as trial 1 has none and says so
     hparams = dict(hparams_registry.default_hparams("LatentPrior", "DigitStyles"),
-                   synthetic_root=str(tmp_path / "before"), batch_size=4)
+                   synthetic_root=str(tmp_path / "before"), batch_size=4, UNSAFE_generator_saw_test_env=True)
     latent_prior = algorithms.get_algorithm_class("LatentPrior")
     for trial in (0, 1):
         dataset = datasets.get_dataset_class("DigitStyles")(data, [0, 2, 3], hparams)  # trains on ink only
