@@ -100,10 +100,15 @@ def train_vae(vae, images, steps, batch_size, lr, kl_weight=1e-6, log_every=200,
 
 
 @torch.no_grad()
-def encode_pool(vae, images, batch_size=256, fit=None):
-    """Scaled latent means of ``images``; the scaling factor is fitted on ``images[fit]`` (default all)."""
-    means = torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
-    scaling = 1.0 / (means if fit is None else means[fit]).std().item()
+def _means(vae, images, batch_size=256):
+    """The autoencoder's posterior means of ``images`` (pixels in [0, 1])."""
+    return torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
+
+
+def encode_pool(vae, images):
+    """Scaled latent means of ``images``; the scaling factor (unit std) is fitted on them and stored in ``vae``."""
+    means = _means(vae, images)
+    scaling = 1.0 / means.std().item()
     vae.register_to_config(scaling_factor=scaling)
     return means * scaling
 
@@ -252,7 +257,6 @@ def train_held_out(data_dir, folder=FOLDER, held_out=tuple(digitstyles.DOMAINS),
 
 
 @torch.no_grad()
-def _latents(vae, images, batch_size=256):
+def _latents(vae, images):
     """Latent means scaled by the autoencoder's own scaling factor."""
-    means = torch.cat([vae.encode(x * 2 - 1).latent_dist.mean for x in images.split(batch_size)])
-    return means * vae.config.scaling_factor
+    return _means(vae, images) * vae.config.scaling_factor
