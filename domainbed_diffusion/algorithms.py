@@ -283,5 +283,66 @@ class DomainFusion(ERM):
         return out
 
 
+# Controls: rows of the ablation table (``sweeps/main_job.py --ablation``) that say what a method's images add.
+
+class ERM_Augment(ERM):
+    """Control: ERM with DomainBed's standard augmentation (random resized crop at scale 0.7-1, colour jitter 0.3,
+    random grayscale) drawn per training image; the horizontal flip only with ``augment_flip``, off by default since
+    a mirrored digit is another shape. DomainBed's image datasets already augment in their loaders
+    (``data_augmentation``); DigitStyles, held in memory, does not, so this row is ERM plus that augmentation."""
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        from torchvision.transforms import v2
+        ctx = context.require("ERM_Augment", input_shape, num_domains, hparams)
+        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.augment = v2.Compose(
+            [v2.RandomResizedCrop(input_shape[1:], scale=(0.7, 1.0), antialias=True)]
+            + ([v2.RandomHorizontalFlip()] if hparams["augment_flip"] else [])
+            + [v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale()])
+
+    def update(self, minibatches, unlabeled=None):
+        out = []
+        for x, y in minibatches:
+            pixels = self.mapping.to_pixels(x)
+            # one draw per image: a v2 transform given a batch would apply the same crop and jitter to all of it
+            out.append((self.mapping.to_inputs(torch.stack([self.augment(p) for p in pixels])), y))
+        return dict(super().update(out), images=sum(len(x) for x, _ in out))
+
+
+class ERM_RealMatched(ERM):
+    """Control: ERM seeing as few real images per step as a union row: each slot of each env's minibatch is kept
+    with probability ``real_share`` (default 1/3: CDGA's union of one image per other training env, two synthetic
+    per real image with three training envs) and dropped, not replaced."""
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        self._generator = torch.Generator().manual_seed(int(torch.randint(2 ** 31 - 1, (1,)).item()))
+
+    def update(self, minibatches, unlabeled=None):
+        kept = []
+        for x, y in minibatches:
+            keep = torch.rand(len(x), generator=self._generator) < self.hparams["real_share"]
+            kept.append((x[keep.to(x.device)], y[keep.to(y.device)]))
+        if not sum(len(x) for x, _ in kept):  # no image this step: skip it rather than take a NaN loss
+            return {"loss": float("nan"), "images": 0}
+        return dict(super().update(kept), images=sum(len(x) for x, _ in kept))
+
+
+class Regenerated(SyntheticERM):
+    """Control, "any generated image": ERM on real images + regenerations of each that move toward no style
+    (ED-SAM's pipeline at rho = 0, ``--methods regenerate``), mixed as CDGA's union; two per image give CDGA's
+    real share."""
+    METHOD = "regenerate"
+
+    def select_records(self, hparams):
+        return lambda index: index.sample < hparams["regenerations_per_image"]
+
+
+class Regenerated_Balanced(Regenerated):
+    """The same regenerations mixed as ED-SAM's equal real and synthetic terms: ED-SAM at rho = 0, its control;
+    also latent-prior's by real images per step (its union is about half synthetic)."""
+
+
 # Imported before DomainBed's algorithms module, this module's classes did not exist yet when it registered them.
 registration.register()

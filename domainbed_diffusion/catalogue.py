@@ -24,10 +24,11 @@ class Entry:
     algorithm_class: Any  # the class, or "module:Class" (imported only when DomainBed registers it)
     hparams: Optional[Callable] = None  # its hyperparameter block: ``block(hparams, dataset)``
     spec: Optional[MethodSpec] = None  # the generation method it trains on (None: it generates online or not at all)
+    control: bool = False  # a control of the ablation table (``sweeps/main_job.py --ablation``), not a method row
 
     @classmethod
     def of(cls, spec):
-        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec)
+        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control)
 
     def load_class(self):
         if not isinstance(self.algorithm_class, str):
@@ -44,6 +45,15 @@ BUILTIN = (
     "domainbed_diffusion.generation.edsam",
     "domainbed_diffusion.generation.latent_prior",
     Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion),
+)
+# Controls, in the ablation table's order: what a method's row is read against (``docs/results.md``).
+CONTROLS = (
+    Entry("ERM_Augment", "domainbed_diffusion.algorithms:ERM_Augment", hparams_registry.erm_augment, control=True),
+    Entry("ERM_RealMatched", "domainbed_diffusion.algorithms:ERM_RealMatched", hparams_registry.real_matched,
+          control=True),
+    "domainbed_diffusion.generation.regenerate",
+    Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced",
+          hparams_registry.regenerated_balanced, control=True),
 )
 _added = []  # entries given to ``add`` in this process
 _loaded = None  # the built-in and entry-point entries, read once
@@ -68,7 +78,7 @@ def entries():
     """Every entry: the built-in ones, those of installed packages' entry points, then those added here."""
     global _loaded
     if _loaded is None:
-        _loaded = [_as_entry(item, "catalogue.BUILTIN") for item in BUILTIN]
+        _loaded = [_as_entry(item, "catalogue.BUILTIN") for item in BUILTIN + CONTROLS]
         _loaded += [_as_entry(item, where) for where, item in _entry_points()]
     return tuple(_loaded + _added)
 
@@ -91,9 +101,14 @@ def remove(algorithm):
     _added[:] = [e for e in _added if e.algorithm != algorithm]
 
 
-def algorithms():
-    """The plugin's DomainBed algorithm names, in table order."""
-    return tuple(e.algorithm for e in entries())
+def algorithms(controls=False):
+    """The plugin's DomainBed algorithm names, in table order; the controls too with ``controls=True``."""
+    return tuple(e.algorithm for e in entries() if controls or not e.control)
+
+
+def controls():
+    """The controls' DomainBed algorithm names, in the ablation table's order."""
+    return tuple(e.algorithm for e in entries() if e.control)
 
 
 def entry(algorithm):
@@ -106,9 +121,9 @@ def specs():
     return {e.spec.name: e.spec for e in entries() if e.spec is not None}
 
 
-def methods():
-    """The generation methods' names (the generator's ``--methods``)."""
-    return tuple(specs())
+def methods(controls=False):
+    """The generation methods' names (the generator's ``--methods all``); the controls' too with ``controls=True``."""
+    return tuple(name for name, spec in specs().items() if controls or not spec.control)
 
 
 def spec(method):

@@ -127,3 +127,20 @@ def domainfusion(hp, dataset):
     hp.define("lr_schedule", "cosine", lambda r: "cosine")
     if dataset in PAPERS_DATASETS:
         hp.redefine("batch_size", 8 if dataset == "DomainNet" else 16)
+
+
+def erm_augment(hp, dataset):
+    hp.define("augment_flip", False, lambda r: False)
+
+
+def real_matched(hp, dataset):
+    hp.define("real_share", 1 / 3, lambda r: 1 / 3)
+
+
+def regenerated(hp, dataset):
+    hp.define("regenerations_per_image", 2, lambda r: 2)
+
+
+def regenerated_balanced(hp, dataset):
+    synthetic(hp, dataset, "balanced")  # an entry without a spec of its own: its mixing is set here
+    regenerated(hp, dataset)

@@ -197,9 +197,10 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
     spec = catalogue.spec(method)
     cfg = spec.config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
-                               num_samples=int(hparams.get("edsam_m", 10)), rho=hparams.get("edsam_rho", 0.5),
-                               domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
-                               tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
+                      num_samples=int(hparams.get("regenerations_per_image", hparams.get("edsam_m", 10))),
+                      rho=hparams.get("edsam_rho", 0.5),
+                      domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
+                      tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
     made = generate_in_memory(model, spec, cfg, sources, envs)
     data = {}
     for i, env in zip(ctx.train_envs, envs):

@@ -48,7 +48,9 @@ def _generation_arguments(parser):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch_size", type=int, default=32, help="images per batch")
     g = parser.add_argument_group("methods")
-    g.add_argument("--methods", nargs="+", default=["all"], help=f"{', '.join(catalogue.methods())} or all")
+    g.add_argument("--methods", nargs="+", default=["all"],
+                   help=f"{', '.join(catalogue.methods())} or all (the methods), or a control: "
+                        f"{', '.join(m for m in catalogue.methods(controls=True) if m not in catalogue.methods())}")
     seen = set()
     for spec in catalogue.specs().values():  # each method's own settings, declared once in its spec
         for option in spec.options:
@@ -70,9 +72,9 @@ def _generation_arguments(parser):
 
 def _finish_generation_args(args, parser):
     methods = _methods(args.methods)
-    unknown = [m for m in methods if m not in catalogue.methods()]
+    unknown = [m for m in methods if m not in catalogue.methods(controls=True)]
     if unknown:
-        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(catalogue.methods())} or all")
+        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(catalogue.methods(controls=True))} or all")
     args.methods = methods
     if (args.shard_id is None) != (args.num_shards is None):
         parser.error("--num_shards and --shard_id go together")

@@ -314,7 +314,7 @@ class Report:
 
 def _open(domains, method):
     if not manifest_paths(domains.dataset_root, method):
-        known = sorted(set(catalogue.methods()))
+        known = sorted(set(catalogue.methods(controls=True)))
         if method not in known:
             raise ValueError(f"report: unknown method {method!r}; known are {', '.join(known)}")
         domains.records(method, check_files=False)  # raises the right "no manifest" error

@@ -1,7 +1,7 @@
 """The main job on the embedded default: DigitStyles from data to a results table, on a CPU.
 
-    python sweeps/main_job.py [--quick] [--all_styles] [--data_dir data] [--output_dir outputs/digitstyles]
-                              [--trials N] [--steps N]
+    python sweeps/main_job.py [--quick] [--ablation] [--data_dir data] [--output_dir outputs/digitstyles]
+                              [--trials N] [--steps N] [--n_hparams N] [--algorithms A ...]
 
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
 2. generates every method's synthetic domains with the embedded diffusion models, one per test env: the images
@@ -10,13 +10,14 @@
 4. writes the synthetic-domain report (``python -m offline_generation report``: label fidelity, style
    attribution, FID/KID, copies, a map) under ``<output_dir>/report``;
 5. runs a stock DomainBed sweep of ERM and every algorithm of the catalogue over every test env (resumable:
-   finished runs are kept, interrupted ones redone);
-6. prints stock collect_results' tables and saves them, with a bar chart of test-env accuracy (training-domain
-   validation) per method per test env.
+   finished runs are kept, interrupted ones redone), a checkpoint every 25 steps;
+6. prints stock collect_results' tables, then the table under training-domain validation (the headline) and under
+   the oracle, each row's difference with ERM paired by trial seed; saves them, with a bar chart.
 
-``--all_styles`` is the ablation: ERM and the rows that use a diffusion model, with the all-styles model (it saw
-every benchmark style; the runs opt in with ``UNSAFE_generator_saw_test_env``), in their own folders. A row's
-difference between the two tables is the part of its gain owed to a generator that saw the test style.
+``--ablation`` then runs the controls (``catalogue.CONTROLS``: augmentation, fewer real images, regenerations
+that move toward no style) and the rows that use a diffusion model with the all-styles model (it saw every
+benchmark style; those runs opt in with ``UNSAFE_generator_saw_test_env``), in ``<output_dir>/ablation``, and
+reads each row against its control and against itself with the all-styles model, paired by trial seed.
 """
 import argparse
 import importlib.util
@@ -58,59 +59,101 @@ def uses_generator(algorithm):
     return "UNSAFE_generator_saw_test_env" in hparams_registry.default_hparams(algorithm, "DigitStyles")
 
 
-def sweep_args(data_dir, sweep_dir, profile, all_styles=False):
-    hparams = {"edsam_m": profile["edsam_m"], "synthetic_root": os.path.join(data_dir, profile["synthetic"])}
-    algorithms = ALGORITHMS
-    if all_styles:
-        hparams.update(diffusion_model=ALL_STYLES, UNSAFE_generator_saw_test_env=True)
-        algorithms = ["ERM"] + [a for a in ALGORITHMS if uses_generator(a)]
+def sweep_args(data_dir, sweep_dir, profile, algorithms, synthetic, **hparams):
+    """Stock ``domainbed.scripts.sweep`` arguments: ``algorithms`` over every test env of DigitStyles, the
+    profile's trials, steps and hparams sets (``n_hparams`` 1: the defaults), images from ``synthetic``."""
+    hparams = dict(edsam_m=profile["edsam_m"], synthetic_root=os.path.join(data_dir, synthetic), **hparams)
     args = ["--datasets", "DigitStyles", "--algorithms", *algorithms, "--data_dir", data_dir,
             "--output_dir", sweep_dir, "--command_launcher", "cpu_parallel", "--n_trials", str(profile["trials"]),
-            "--n_hparams", "1", "--single_test_envs", "--skip_confirmation",
+            "--n_hparams", str(profile["n_hparams"]), "--single_test_envs", "--skip_confirmation",
             "--hparams", json.dumps(hparams)]
     if profile["steps"]:
         args += ["--steps", str(profile["steps"])]
     return args
 
 
-def summarize(sweep_dir):
-    """Per algorithm: test-env accuracy under training-domain validation (mean, standard error, trials) per test
-    env and averaged over them, and its cost: images per step and seconds per step (also relative to ERM's)."""
+def protocol(profile):
+    """The caption's words for how hyperparameters were chosen."""
+    if profile["n_hparams"] == 1:
+        return ("default hyperparameters, no random search (--n_hparams 1: DigitStyles' lr, batch size and steps "
+                "were fixed on ERM's training-domain validation, each method's own settings are its paper's; a "
+                "search of 20 sets per row would take 20 times the sweep), checkpoints every 25 steps.")
+    return (f"random search, {profile['n_hparams']} hparams sets per (row, test env, trial), the first the "
+            "defaults; checkpoints every 25 steps.")
+
+
+SELECTIONS = ("IIDAccuracySelectionMethod", "OracleSelectionMethod")  # DomainBed's; the first is the headline
+
+
+def summarize(sweep_dirs, selection="IIDAccuracySelectionMethod", baseline="ERM"):
+    """Per algorithm of the sweep folder(s) (each a path, or ``(path, algorithms to read from it)``): test-env
+    accuracy under one of DomainBed's model selection methods (mean, standard error, trials) per test env and
+    averaged over them, the checkpoint and hparams set it chose in each run, the difference with ``baseline``
+    paired by trial seed, and each row's cost: images and seconds per step (also relative to the baseline's)."""
     import numpy as np
     from domainbed import model_selection
     from domainbed.lib import reporting
-    records = reporting.load_records(sweep_dir)
-    out = {}
+    from domainbed.lib.query import Q
+    method = getattr(model_selection, selection)
+    sources = [(d, None) if isinstance(d, str) else d for d in ([sweep_dirs] if isinstance(sweep_dirs, str)
+                                                                   else sweep_dirs)]
+    records = Q([r for d, only in sources for r in reporting.load_records(d)
+                 if only is None or r["args"]["algorithm"] in only])
+    out, chosen = {}, {}
     for group in reporting.get_grouped_records(records):
-        acc = model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])
-        if acc is not None:
-            out.setdefault(group["algorithm"], {}).setdefault(group["test_env"], {})[group["trial_seed"]] = acc
+        pick = _chosen(method, group["records"])
+        if pick is not None:
+            key = group["algorithm"], int(group["test_env"]), int(group["trial_seed"])
+            out.setdefault(key[0], {}).setdefault(key[1], {})[key[2]] = pick["test_acc"]
+            chosen[key] = pick
     last = {}  # each run's last checkpoint: its step_time and images averaged over the steps since the one before
     for r in records:
-        key = (r["args"]["algorithm"], tuple(r["args"]["test_envs"]), r["args"]["trial_seed"])
+        key = (r["args"]["algorithm"], tuple(r["args"]["test_envs"]), r["args"]["trial_seed"],
+               r["args"]["hparams_seed"])
         if key not in last or r["step"] > last[key]["step"]:
             last[key] = r
     summary = {}
     for algorithm, envs in out.items():
-        per_env = {int(e): _mean_sem(list(t.values())) for e, t in envs.items()}
+        per_env = {e: _mean_sem(list(t.values())) for e, t in envs.items()}
         trials = sorted(set.intersection(*(set(t) for t in envs.values())))
         per_trial = {t: float(np.mean([envs[e][t] for e in envs])) for t in trials}  # over test envs
-        runs = [r for (a, _, _), r in last.items() if a == algorithm]
+        runs = [r for key, r in last.items() if key[0] == algorithm]
         # our algorithms report the images of each step; DomainBed's ERM takes batch_size from each training env
         images = [r["images"] if "images" in r else r["hparams"]["batch_size"] * _train_envs(r) for r in runs]
-        summary[algorithm] = dict(test_env=per_env, average=_mean_sem(list(per_trial.values())),
-                                  per_run={int(e): {int(t): float(v) for t, v in sorted(ts.items())}
-                                           for e, ts in sorted(envs.items())},  # test env -> trial seed -> acc
-                                  average_per_trial=per_trial, images_per_step=float(np.mean(images)),
-                                  seconds_per_step=float(np.mean([r["step_time"] for r in runs])), runs=len(runs))
-    erm = summary.get("ERM")
-    comparisons = statistics.compare_to({a: row["average_per_trial"] for a, row in summary.items()}, "ERM")
+        picks = [p for (a, _, _), p in chosen.items() if a == algorithm]
+        summary[algorithm] = dict(
+            test_env=per_env, average=_mean_sem(list(per_trial.values())),
+            per_run={e: {t: float(v) for t, v in sorted(ts.items())} for e, ts in sorted(envs.items())},
+            average_per_trial=per_trial, images_per_step=float(np.mean(images)),
+            seconds_per_step=float(np.mean([r["step_time"] for r in runs])), runs=len(runs),
+            selected={e: {t: {k: chosen[algorithm, e, t][k] for k in ("step", "hparams_seed")} for t in sorted(ts)}
+                      for e, ts in sorted(envs.items())},
+            selected_step=float(np.median([p["step"] for p in picks])),
+            hparams_sets=len({r["args"]["hparams_seed"] for r in runs}))
+    base = summary.get(baseline)
+    comparisons = statistics.compare_to({a: row["average_per_trial"] for a, row in summary.items()}, baseline)
     for algorithm, row in summary.items():
-        row["seconds_vs_erm"] = row["seconds_per_step"] / erm["seconds_per_step"] if erm else None
-        row["images_vs_erm"] = row["images_per_step"] / erm["images_per_step"] if erm else None
+        row["seconds_vs_erm"] = row["seconds_per_step"] / base["seconds_per_step"] if base else None
+        row["images_vs_erm"] = row["images_per_step"] / base["images_per_step"] if base else None
         if algorithm in comparisons:
             row["vs_erm"] = comparisons[algorithm]
     return summary
+
+
+def _chosen(method, records):
+    """What a DomainBed selection method picks among one (algorithm, test env, trial)'s runs: its test accuracy,
+    the checkpoint's step and the hparams set (DomainBed's ``sweep_acc`` returns the accuracy only)."""
+    from domainbed import model_selection
+    ranked = method.hparams_accs(records)
+    if not len(ranked):
+        return None
+    acc, run = ranked[0]
+    run = model_selection.get_test_records(run)
+    if hasattr(method, "_step_acc"):  # per-checkpoint selection (training-domain validation)
+        step = run.map(lambda r: dict(method._step_acc(r), step=r["step"])).argmax("val_acc")["step"]
+    else:  # the oracle takes the last checkpoint of the hparams set it picks
+        step = max(r["step"] for r in run)
+    return dict(test_acc=acc["test_acc"], step=int(step), hparams_seed=int(run[0]["args"]["hparams_seed"]))
 
 
 def _train_envs(record):
@@ -125,16 +168,16 @@ def _mean_sem(values):
     return dict(mean=float(values.mean()), sem=sem, n=int(len(values)))
 
 
-def results_table(summary, env_names):
-    """The main job's table: accuracy per test env and on average (%, mean +/- standard error, trials), the
-    difference with ERM paired by trial seed with its 95% t-interval and Holm-corrected p-value, and each row's
-    cost."""
+def results_table(summary, env_names, selection="IIDAccuracySelectionMethod", order=None, protocol=None):
+    """A table of ``summarize``'s rows: accuracy per test env and on average (%, mean +/- standard error, trials),
+    the difference with ERM paired by trial seed with its 95% t-interval and Holm-corrected p-value, the median
+    checkpoint step the selection chose, and each row's cost; its caption names the selection and the protocol."""
     def cell(v):
         return f"{100 * v['mean']:.1f} +/- {100 * v['sem']:.1f}" if v["n"] > 1 else f"{100 * v['mean']:.1f}"
-    header = ["Algorithm", *env_names, "Avg", "vs ERM [95% CI]", "p (Holm)", "trials", "img/step", "s/step",
-              "x ERM"]
+    header = ["Algorithm", *env_names, "Avg", "vs ERM [95% CI]", "p (Holm)", "step", "trials", "img/step",
+              "s/step", "x ERM"]
     rows = []
-    for algorithm in [a for a in ALGORITHMS if a in summary]:
+    for algorithm in [a for a in (order or ALGORITHMS) if a in summary]:
         row = summary[algorithm]
         envs = [cell(row["test_env"][e]) if e in row["test_env"] else "-" for e in range(len(env_names))]
         vs, p = "", ""
@@ -144,16 +187,21 @@ def results_table(summary, env_names):
                                               if c["n"] > 1 else "")
             p = f"{c['p_holm']:.3f}{' *' if c['p_holm'] < 0.05 else ''}" if c["n"] > 1 else ""
         trials = min(v["n"] for v in row["test_env"].values())
-        rows.append([algorithm, *envs, cell(row["average"]), vs, p, str(trials), f"{row['images_per_step']:.0f}",
-                     f"{row['seconds_per_step']:.3f}",
+        rows.append([algorithm, *envs, cell(row["average"]), vs, p, f"{row.get('selected_step', 0):.0f}",
+                     str(trials), f"{row['images_per_step']:.0f}", f"{row['seconds_per_step']:.3f}",
                      f"{row['seconds_vs_erm']:.2f}" if row["seconds_vs_erm"] else ""])
     widths = [max(len(r[k]) for r in [header] + rows) for k in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    lines.append("Test-env accuracy (%), training-domain validation, mean +/- standard error over trials; Avg: "
+    selected = {"IIDAccuracySelectionMethod": "training-domain validation (the checkpoint with the best mean "
+                                              "accuracy on the training envs' validation splits)",
+                "OracleSelectionMethod": "test-domain validation, the oracle (the last checkpoint; among hparams "
+                                         "sets, the best on the test env's validation split)"}[selection]
+    lines.append(f"Test-env accuracy (%), model selection: {selected}; mean +/- standard error over trials; Avg: "
                  "per trial over test envs. vs ERM: difference of Avg paired by trial seed, with its 95% "
                  "t-interval (n - 1 degrees of freedom); p: paired t-test, Holm-corrected over the table's "
-                 "comparisons with ERM, * below 0.05. img/step: images through the network per step; s/step: "
-                 "measured, x ERM: relative to ERM's.")
+                 "comparisons with ERM, * below 0.05. step: median selected checkpoint. img/step: images through "
+                 "the network per step; s/step: measured, x ERM: relative to ERM's."
+                 + (f" Protocol: {protocol}" if protocol else ""))
     return "\n".join(lines)
 
 
@@ -198,24 +246,78 @@ def bar_chart(accuracies, env_names, path):
     return path
 
 
+# What each control reads (the ablation table): (row, control), each difference paired by trial seed.
+READINGS = (
+    ("CDGA_PG", "Regenerated"), ("CDGA_IG", "Regenerated"), ("EDSAM", "Regenerated_Balanced"),
+    ("LatentPrior", "Regenerated_Balanced"), ("Regenerated", "ERM_RealMatched"), ("ERM_Augment", "ERM"),
+    ("ERM_RealMatched", "ERM"),
+)
+
+
+def contrasts_table(pairs, title):
+    """``[(label, paired(...))]`` as a table: the paired difference, its 95% t-interval and Holm-corrected p."""
+    adjusted = statistics.holm([c["p"] for _, c in pairs])
+    lines = [title]
+    for (label, c), p in zip(pairs, adjusted):
+        interval = f" [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]" if c["n"] > 1 else ""
+        lines.append(f"  {label:<40} {100 * c['mean']:+6.1f}{interval:<17} p (Holm) {p:.3f}"
+                     f"{' *' if p < 0.05 else ''}  n={c['n']}")
+    return "\n".join(lines)
+
+
+def readings(summary, pairs=READINGS):
+    return [(f"{a} - {b}", statistics.paired(summary[a]["average_per_trial"], summary[b]["average_per_trial"]))
+            for a, b in pairs if a in summary and b in summary]
+
+
+def generator_effect(default, all_styles):
+    """Each row with the all-styles generator minus the same row with the per-test-env ones, paired by trial."""
+    return [(f"{a}: all-styles - per-test-env", statistics.paired(all_styles[a]["average_per_trial"],
+                                                                   default[a]["average_per_trial"]))
+            for a in ALGORITHMS if a != "ERM" and a in default and a in all_styles]
+
+
+def sweep(common, env):
+    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
+
+
+def tables(sources, env_names, order, profile):
+    """Both selections' tables and summaries of records from ``sources`` (folders, or (folder, algorithms))."""
+    out, text = {}, []
+    for selection in SELECTIONS:
+        summary = summarize(sources, selection)
+        out[selection] = summary
+        text.append(results_table(summary, env_names, selection, order, protocol(profile)))
+    return out, text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/digitstyles[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial: a first look in minutes")
-    parser.add_argument("--all_styles", action="store_true",
-                        help="the ablation: the rows that use a diffusion model, with the all-styles model (it saw "
-                             "the test styles), beside ERM")
+    parser.add_argument("--ablation", action="store_true",
+                        help="after the main job: the controls, and the rows that use a diffusion model with the "
+                             "all-styles model (it saw the test styles), in <output_dir>/ablation")
     parser.add_argument("--lanes", type=int, default=None,
                         help="parallel DomainBed runs and generation workers (default: 2 or cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
     parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' N_STEPS, "
                                                                  "quick 40")
+    parser.add_argument("--n_hparams", type=int, default=1,
+                        help="hparams sets per (algorithm, test env, trial): 1 the defaults, more a random search")
+    parser.add_argument("--algorithms", nargs="+", default=None,
+                        help="a subset of the table's rows (default: ERM and every algorithm of the catalogue)")
     args = parser.parse_args(argv)
-    profile = dict(PROFILES["quick" if args.quick else "full"])
+    profile = dict(PROFILES["quick" if args.quick else "full"], n_hparams=args.n_hparams)
     profile.update({k: v for k, v in (("trials", args.trials), ("steps", args.steps)) if v})
-    suffix = ("-quick" if args.quick else "") + ("-all-styles" if args.all_styles else "")
-    profile["synthetic"] += "-all-styles" if args.all_styles else ""
+    algorithms = args.algorithms or ALGORITHMS
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:
+        parser.error(f"--algorithms {unknown}: choose from {' '.join(ALGORITHMS)}")
+    suffix = "-quick" if args.quick else ""
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "digitstyles" + suffix))
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(out, exist_ok=True)
@@ -229,55 +331,101 @@ def main(argv=None):
     from domainbed_diffusion import digitstyles
     digitstyles.prepare(data_dir, pool=False)
 
-    step("2/6 synthetic domains with the " + ("all-styles model (ablation)" if args.all_styles else
-                                              "embedded models, one per test env"))
+    step("2/6 synthetic domains with the embedded models, one per test env")
     from offline_generation.cli import main as generate
-    synthetic_root = os.path.join(data_dir, profile["synthetic"])
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
     workers = args.lanes or default_lanes()  # the sweep's lanes: one thread each, the same bytes on any machine
-    code = generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", "all",
-                     "--output_dir", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size", "64",
-                     "--workers", str(workers), "--trial_seeds", *map(str, range(profile["trials"])),
-                     "--model", ALL_STYLES if args.all_styles else "embedded"]
-                    + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
+
+    def generation(methods, model, synthetic):
+        return generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
+                         "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(profile["edsam_m"]),
+                         "--batch_size", "64", "--workers", str(workers),
+                         "--trial_seeds", *map(str, range(profile["trials"])), "--model", model]
+                        + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
+    synthetic_root = os.path.join(data_dir, profile["synthetic"])
+    methods = [catalogue.entry(a).spec.name for a in algorithms if catalogue.entry(a) and catalogue.entry(a).spec]
+    code = generation(methods, "embedded", profile["synthetic"]) if methods else 0
     if code:
         return code
 
     step("3/6 preview grids")
-    generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir", synthetic_root,
-              "--out", os.path.join(out, "preview.png"),
-              "--rows", "3", "--variants", "6", "--size", "64"])
+    if methods:
+        generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir", synthetic_root,
+                  "--methods", *methods, "--out", os.path.join(out, "preview.png"),
+                  "--rows", "3", "--variants", "6", "--size", "64"])
 
     if importlib.util.find_spec("domainbed") is None:
         print(GET_DOMAINBED, file=sys.stderr)
         return 2
     step("4/6 synthetic-domain report")
     code = generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root", synthetic_root,
-                     "--output", os.path.join(out, "report")])
+                     "--methods", *methods, "--output", os.path.join(out, "report")]) if methods else 0
     if code:
         return code
 
     step("5/6 DomainBed sweep")
     sweep_dir = os.path.join(out, "sweep")
-    common = sweep_args(data_dir, sweep_dir, profile, args.all_styles)
-    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
+    sweep(sweep_args(data_dir, sweep_dir, profile, algorithms, profile["synthetic"]), env)
 
     step("6/6 results")
     result = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
                             env=env, check=True, capture_output=True, text=True)
-    summary = summarize(sweep_dir)
-    table = results_table(summary, digitstyles.DOMAINS)
+    summaries, text = tables(sweep_dir, digitstyles.DOMAINS, ALGORITHMS, profile)
     print(result.stdout)
-    print(table)
+    print("\n\n".join(text))
     with open(os.path.join(out, "results.txt"), "w") as f:
-        f.write(result.stdout + "\n" + table + "\n")
+        f.write(result.stdout + "\n" + "\n\n".join(text) + "\n")
     with open(os.path.join(out, "accuracies.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    chart = bar_chart(summary, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
+        json.dump(summaries, f, indent=1)
+    headline = summaries[SELECTIONS[0]]
+    chart = bar_chart(headline, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
     print(f"wrote {os.path.join(out, 'results.txt')}, {chart} and {os.path.join(out, 'preview.png')}")
     print(f"main job finished in {(time.time() - start) / 60:.1f} min")
+    if args.ablation:
+        return ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, env, headline)
+    return 0
+
+
+def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, env, headline):
+    """The controls (with the per-test-env generators) and the generator rows with the all-styles model, read
+    against the main job's rows, paired by trial seed."""
+    from domainbed_diffusion import digitstyles
+    start = time.time()
+    folder = os.path.join(out, "ablation")
+    step("ablation 1/3 controls: regenerations (ED-SAM at rho = 0) and their sweep")
+    code = generation(["regenerate"], "embedded", profile["synthetic"])
+    if code:
+        return code
+    controls_dir = os.path.join(folder, "controls", "sweep")
+    sweep(sweep_args(data_dir, controls_dir, profile, catalogue.controls(), profile["synthetic"]), env)
+
+    step("ablation 2/3 the rows that use a diffusion model, with the all-styles model")
+    rows = [a for a in algorithms if a != "ERM" and uses_generator(a)]
+    synthetic = profile["synthetic"] + "-all-styles"
+    code = generation(["all"], ALL_STYLES, synthetic)
+    if code:
+        return code
+    all_styles_dir = os.path.join(folder, "all-styles", "sweep")
+    sweep(sweep_args(data_dir, all_styles_dir, profile, rows, synthetic, diffusion_model=ALL_STYLES,
+                     UNSAFE_generator_saw_test_env=True), env)
+
+    step("ablation 3/3 tables")
+    order = ["ERM", *catalogue.controls(), *ALGORITHMS[1:]]
+    controls, text = tables([controls_dir, sweep_dir], digitstyles.DOMAINS, order, profile)
+    text.append(contrasts_table(readings(controls[SELECTIONS[0]]),
+                                "Each row against its control (training-domain validation), paired by trial seed; "
+                                "Holm over these comparisons:"))
+    all_styles, more = tables([all_styles_dir, (sweep_dir, ["ERM"])], digitstyles.DOMAINS, ALGORITHMS, profile)
+    text += ["With the all-styles generator (it saw every test style; UNSAFE_generator_saw_test_env):", *more]
+    text.append(contrasts_table(generator_effect(headline, all_styles[SELECTIONS[0]]),
+                                "The part of each row owed to a generator that saw the test style (training-domain "
+                                "validation), paired by trial seed; Holm over these comparisons:"))
+    print("\n\n".join(text))
+    with open(os.path.join(folder, "ablation.txt"), "w") as f:
+        f.write("\n\n".join(text) + "\n")
+    with open(os.path.join(folder, "ablation.json"), "w") as f:
+        json.dump(dict(controls=controls, all_styles=all_styles), f, indent=1)
+    print(f"wrote {os.path.join(folder, 'ablation.txt')}; ablation finished in {(time.time() - start) / 60:.1f} min")
     return 0
 
 

@@ -23,17 +23,19 @@ from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
 pytestmark = needs_domainbed
 
-SYNTHETIC = {spec.algorithm: spec.name for spec in catalogue.specs().values()}
-OURS = list(catalogue.algorithms())
+OURS = list(catalogue.algorithms(controls=True))  # the table's rows and the ablation's controls
 INSTALLED = os.path.isfile(os.path.join(sysconfig.get_paths()["purelib"], "domainbed_diffusion.pth"))
 needs_install = pytest.mark.skipif(not INSTALLED, reason="the package is not installed (pip install -e .), so "
                                    "fresh processes cannot register it")
 
+SYNTHETIC = {}  # algorithm -> the generation method whose images it reads
 if HAVE_DOMAINBED:
     from domainbed import algorithms, datasets, hparams_registry
     from domainbed.lib import misc
 
     from domainbed_diffusion import context
+    SYNTHETIC = {name: algorithms.get_algorithm_class(name).METHOD for name in OURS
+                 if getattr(algorithms.get_algorithm_class(name), "METHOD", None)}
 
 
 def run(args, **env):
@@ -182,7 +184,7 @@ def synthetic_digitstyles(digitstyles_dir):
     class); latent-prior's priors for trial 0 only (the train script's default), as they are fitted per trial."""
     from offline_generation.cli import main
     common = ["--dataset", "DigitStyles", "--data_dir", digitstyles_dir, "--max_per_class", "4", "--batch_size", "64"]
-    others = [m for m in catalogue.methods() if m != "latent-prior"]
+    others = [m for m in catalogue.methods(controls=True) if m != "latent-prior"]
     assert main(common + ["--methods", *others, "--num_samples", "2"]) == 0
     assert main(common + ["--methods", "latent-prior", "--trial_seeds", "0"]) == 0
     return digitstyles_dir
@@ -367,6 +369,13 @@ def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path
         with open(os.path.join(out, "results.jsonl")) as f:
             last = json.loads(f.readlines()[-1])
         assert last["step"] == 2 and "env1_in_acc" in last and os.path.exists(os.path.join(out, "done"))
+    # DigitStyles' own checkpoint frequency: training-domain validation has several checkpoints to choose from
+    out = str(tmp_path / "checkpoints")
+    result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", "ERM", "--data_dir",
+                  synthetic_digitstyles, "--output_dir", out, "--test_envs", "0", "--steps", "51"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "results.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 25, 50]
 
 
 @needs_install
@@ -429,7 +438,8 @@ def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digi
     erm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
     erm_images = sum(len(x) for x, _ in minibatches)  # what ERM's update puts through the network
     algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
-    assert hparams["synthetic_mode"] == ("balanced" if name == "EDSAM" else "union")
+    balanced = hparams["synthetic_mode"] == "balanced"
+    assert balanced == (name in ("EDSAM", "Regenerated_Balanced"))  # ED-SAM's Eq. 11; CDGA's union elsewhere
     assert algorithm.update(minibatches)["images"] == erm_images == 3 * hparams["batch_size"]
     erm.update(minibatches)
     # union: each slot is synthetic with the synthetic share of the env's union; balanced: exactly half
@@ -437,7 +447,7 @@ def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digi
     n_synthetic = len(algorithm.synthetic.datasets[0])
     assert share == pytest.approx(n_synthetic / (n_synthetic + len(misc_splits[1][1])))
     slots = [algorithm.synthetic_slots(8, share) for _ in range(3000)]
-    expected = 4 if name == "EDSAM" else 8 * share
+    expected = 4 if balanced else 8 * share
     assert abs(sum(slots) / len(slots) - expected) < 0.1
     paired = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="paired"))
     assert paired.update(minibatches)["images"] == 2 * erm_images
@@ -619,3 +629,95 @@ def test_cpu_parallel_forks_runs_that_match_a_process_per_run(digitstyles_dir, t
     assert [[r["step"] for r in run] for run in records["forked"]] == [[0, 2], [0, 2]]
     assert records["forked"] == records["processes"]
     assert records["forked"][0][0]["hparams"]["lr"] == 0.002  # the quoted JSON argument arrived intact
+
+
+# -- the ablation's controls ------------------------------------------------------------------------------
+def test_erm_real_matched_sees_the_union_rows_real_images_per_step_and_is_erm_at_share_one(digitstyles_dir):
+    hparams = hparams_registry.default_hparams("ERM_RealMatched", "DigitStyles")
+    assert hparams["real_share"] == pytest.approx(1 / 3)
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    minibatches = _minibatches(dataset, 8, [1, 2, 3])
+    cls = algorithms.get_algorithm_class("ERM_RealMatched")
+    control = cls(dataset.input_shape, 10, 3, hparams)
+    images = [control.update(minibatches)["images"] for _ in range(60)]
+    assert abs(np.mean(images) - 8) < 1.0 and len(set(images)) > 3  # Binomial(24, 1/3): 8 on average
+    torch.manual_seed(0)
+    erm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
+    torch.manual_seed(0)
+    everything = cls(dataset.input_shape, 10, 3, dict(hparams, real_share=1.0))
+    assert everything.update(minibatches)["images"] == 24
+    erm.update(minibatches)
+    assert all(torch.equal(a, b) for a, b in zip(erm.parameters(), everything.parameters()))
+
+
+def test_erm_augment_draws_one_augmentation_per_image(digitstyles_dir):
+    hparams = hparams_registry.default_hparams("ERM_Augment", "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
+    algorithm = algorithms.get_algorithm_class("ERM_Augment")(dataset.input_shape, 10, 3, hparams)
+    x, y = dataset[1][0]
+    seen = []
+    network = algorithm.predict
+    algorithm.predict = lambda inputs: (seen.append(inputs.detach()), network(inputs))[1]
+    out = algorithm.update([(x.expand(16, -1, -1, -1), torch.full((16,), int(y)))])
+    augmented = seen[0]
+    assert out["images"] == 16 and augmented.shape == (16, *x.shape)
+    flat = augmented.flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(16) * 1e9).min() > 1e-3  # sixteen different draws of one image
+    assert not torch.allclose(augmented[0], x)
+    pixels = algorithm.mapping.to_pixels(augmented)
+    original = algorithm.mapping.to_pixels(x[None])
+    # a crop of at least 70% and a jitter keep the image recognisable: still correlated with the original
+    corr = [np.corrcoef(p.mean(0).flatten(), original[0].mean(0).flatten())[0, 1] for p in pixels]
+    assert np.median(corr) > 0.3, corr
+
+
+def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(synthetic_digitstyles):
+    union, balanced = [], []
+    for name, out in (("Regenerated", union), ("Regenerated_Balanced", balanced)):
+        hparams = hparams_registry.default_hparams(name, "DigitStyles")
+        dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
+        algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+        out += [r for d in algorithm.synthetic.datasets for r in d.selection.records()]
+        assert hparams["synthetic_mode"] == ("union" if name == "Regenerated" else "balanced")
+    assert union == balanced and len(union) > 0
+    for record in union:
+        assert record["method"] == "regenerate" and record["sample"] in (0, 1)
+        assert record["params"]["rho"] == 0.0 and record["params"]["alpha"] == 0.0, record
+        assert record["model_id"].startswith("embedded-without-blueprint")
+    # --methods all makes the methods' images only: a control is generated when named
+    assert "regenerate" not in catalogue.methods() and "regenerate" in catalogue.methods(controls=True)
+
+
+@needs_install
+def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_results(tmp_path):
+    """``--n_hparams 2`` on Debug28 (local launcher): two hparams sets per (algorithm, test env), which DomainBed's
+    training-domain validation and our summary choose between alike."""
+    import importlib.util
+    sweep_dir = str(tmp_path / "sweep")
+    result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28", "--algorithms", "ERM", "MIRO",
+                  "--data_dir", str(tmp_path), "--output_dir", sweep_dir, "--command_launcher", "local",
+                  "--n_trials", "1", "--n_hparams", "2", "--steps", "3", "--single_test_envs",
+                  "--skip_confirmation", "--hparams", json.dumps({"batch_size": 8})])  # Debug envs train on 13 images
+    # (a random batch_size above that would make DomainBed's InfiniteDataLoader spin without yielding a batch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from domainbed import model_selection
+    from domainbed.lib import reporting
+    records = reporting.load_records(sweep_dir)
+    for algorithm in ("ERM", "MIRO"):
+        runs = {(tuple(r["args"]["test_envs"]), r["args"]["hparams_seed"]): r["hparams"]
+                for r in records if r["args"]["algorithm"] == algorithm}
+        assert sorted({seed for _, seed in runs}) == [0, 1] and len(runs) == 6  # 3 test envs x 2 sets
+        assert all(runs[e, 0]["lr"] != runs[e, 1]["lr"] for e, _ in runs)
+    result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
+    assert result.returncode == 0 and "MIRO" in result.stdout, result.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("main_job", os.path.join(REPO, "sweeps", "main_job.py"))
+    main_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_job)
+    summary = main_job.summarize(sweep_dir)
+    for group in reporting.get_grouped_records(records):
+        best = model_selection.IIDAccuracySelectionMethod.hparams_accs(group["records"])[0][1][0]["args"]
+        row = summary[group["algorithm"]]
+        assert row["hparams_sets"] == 2
+        assert row["selected"][group["test_env"]][0]["hparams_seed"] == best["hparams_seed"]
+        assert row["per_run"][group["test_env"]][0] == model_selection.IIDAccuracySelectionMethod.sweep_acc(
+            group["records"])

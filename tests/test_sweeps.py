@@ -3,7 +3,7 @@ import importlib.util
 import math
 import os
 
-from conftest import REPO
+from conftest import REPO, needs_domainbed
 
 
 def load(name):
@@ -51,3 +51,69 @@ def test_the_table_shows_paired_differences_with_intervals_and_holm_corrected_p_
     assert lines["EDSAM"].split()[-3:] == ["48", "0.400", "2.00"]
     assert "+2.0 [" in lines["CDGA_PG"] and "*" not in lines["CDGA_PG"]
     assert lines["ERM"].split()[-3:] == ["24", "0.200", "1.00"]
+
+
+def write_run(sweep_dir, algorithm, trial, hparams_seed, checkpoints):
+    """One run's results.jsonl: ``checkpoints`` is ``[(step, mean training-env validation acc, test-env in acc,
+    test-env out acc)]`` for test env 0 of a four-env dataset."""
+    import json
+    folder = os.path.join(sweep_dir, f"{algorithm}_{trial}_{hparams_seed}")
+    os.makedirs(folder)
+    args = dict(algorithm=algorithm, dataset="DigitStyles", test_envs=[0], trial_seed=trial,
+                hparams_seed=hparams_seed)
+    with open(os.path.join(folder, "results.jsonl"), "w") as f:
+        for step, val, test_in, test_out in checkpoints:
+            record = dict(args=args, step=step, step_time=0.1, hparams=dict(batch_size=8), env0_in_acc=test_in,
+                          env0_out_acc=test_out, **{f"env{i}_{s}_acc": val for i in (1, 2, 3) for s in ("in", "out")})
+            f.write(json.dumps(record) + "\n")
+    open(os.path.join(folder, "done"), "w").close()
+
+
+@needs_domainbed
+def test_training_domain_validation_picks_an_earlier_checkpoint_and_another_hparams_set(tmp_path):
+    """A constructed sweep: ERM's validation peaks at step 25, not at its last checkpoint; EDSAM has two hparams
+    sets, the second better on validation, the first on the test env's own validation split (the oracle's)."""
+    from domainbed import model_selection
+    from domainbed.lib import reporting
+    main = load("main_job")
+    sweep = str(tmp_path / "sweep")
+    for t in range(3):
+        write_run(sweep, "ERM", t, 0, [(0, 0.1, 0.1, 0.1), (25, 0.9, 0.60 + t / 100, 0.6), (50, 0.8, 0.5, 0.5)])
+        write_run(sweep, "EDSAM", t, 0, [(0, 0.1, 0.1, 0.1), (25, 0.6, 0.3, 0.3), (50, 0.7, 0.4, 0.9)])
+        write_run(sweep, "EDSAM", t, 1, [(0, 0.1, 0.1, 0.1), (25, 0.5, 0.5, 0.5), (50, 0.95, 0.70, 0.2)])
+    iid = main.summarize(sweep, "IIDAccuracySelectionMethod")
+    assert math.isclose(iid["ERM"]["average"]["mean"], 0.61) and iid["ERM"]["selected_step"] == 25
+    assert iid["EDSAM"]["selected"][0] == {t: dict(step=50, hparams_seed=1) for t in range(3)}
+    assert math.isclose(iid["EDSAM"]["average"]["mean"], 0.70) and iid["EDSAM"]["hparams_sets"] == 2
+    oracle = main.summarize(sweep, "OracleSelectionMethod")
+    assert math.isclose(oracle["ERM"]["average"]["mean"], 0.5) and oracle["ERM"]["selected_step"] == 50
+    assert oracle["EDSAM"]["selected"][0][0] == dict(step=50, hparams_seed=0)
+    assert math.isclose(oracle["EDSAM"]["average"]["mean"], 0.4)
+    # the same accuracies as DomainBed's own selection (collect_results' numbers)
+    for group in reporting.get_grouped_records(reporting.load_records(sweep)):
+        for summary, method in ((iid, model_selection.IIDAccuracySelectionMethod),
+                                (oracle, model_selection.OracleSelectionMethod)):
+            ours = summary[group["algorithm"]]["per_run"][0][group["trial_seed"]]
+            assert math.isclose(ours, method.sweep_acc(group["records"]))
+    # paired: EDSAM beats ERM by 10, 9, 8 points under training-domain validation
+    assert math.isclose(iid["EDSAM"]["vs_erm"]["mean"], 0.09)
+    table = main.results_table(iid, ["blueprint", "ink", "neon", "sketch"], "IIDAccuracySelectionMethod",
+                               protocol=main.protocol(dict(n_hparams=1)))
+    assert "model selection: training-domain validation" in table and "no random search" in table
+    assert main.results_table(oracle, ["a", "b", "c", "d"], "OracleSelectionMethod").count("oracle") == 1
+
+
+def test_each_row_is_read_against_its_control_paired_and_holm_corrected():
+    main = load("main_job")
+    summary = {name: dict(average_per_trial=dict(enumerate(values))) for name, values in (
+        ("ERM", [0.50, 0.60, 0.70]), ("ERM_RealMatched", [0.45, 0.58, 0.69]), ("Regenerated", [0.55, 0.64, 0.76]),
+        ("CDGA_PG", [0.60, 0.70, 0.80]))}
+    pairs = dict(main.readings(summary))
+    assert set(pairs) == {"CDGA_PG - Regenerated", "Regenerated - ERM_RealMatched", "ERM_RealMatched - ERM"}
+    assert math.isclose(pairs["CDGA_PG - Regenerated"]["mean"], 0.05)
+    text = main.contrasts_table(list(pairs.items()), "title")
+    # CDGA_PG - Regenerated: +5, +6, +4 points, the smallest of the three p-values: Holm multiplies it by 3
+    line = next(line for line in text.splitlines() if "CDGA_PG - Regenerated" in line)
+    from scipy import stats
+    p = stats.ttest_rel([0.60, 0.70, 0.80], [0.55, 0.64, 0.76]).pvalue
+    assert f"p (Holm) {min(1, 3 * p):.3f}" in line and "n=3" in line

@@ -158,6 +158,7 @@ class MethodSpec:
     hparams: Optional[Callable] = None  # the algorithm's own hyperparameter block (``hparams_registry``)
     options: Tuple[Option, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)  # settings the method does not take from the command line
+    control: bool = False  # a control of the ablation table, not a method: ``--methods all`` leaves it out
 
     def config(self, embedded=False, **given):
         """The method's settings: ``given`` values (None: not given) over its defaults for the model in use."""
