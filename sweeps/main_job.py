@@ -200,7 +200,8 @@ def results_table(summary, env_names, selection="IIDAccuracySelectionMethod", or
                  "per trial over test envs. vs ERM: difference of Avg paired by trial seed, with its 95% "
                  "t-interval (n - 1 degrees of freedom); p: paired t-test, Holm-corrected over the table's "
                  "comparisons with ERM, * below 0.05. step: median selected checkpoint. img/step: images through "
-                 "the network per step; s/step: measured, x ERM: relative to ERM's."
+                 "the network per step; s/step: measured (both over every run of the row); x ERM: relative to "
+                 "ERM's."
                  + (f" Protocol: {protocol}" if protocol else ""))
     return "\n".join(lines)
 

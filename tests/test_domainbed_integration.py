@@ -437,7 +437,8 @@ def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digi
     minibatches = _minibatches(dataset, hparams["batch_size"], [1, 2, 3])
     erm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
     erm_images = sum(len(x) for x, _ in minibatches)  # what ERM's update puts through the network
-    algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+    with context.use(dataset):  # datasets an earlier test left for the garbage collector are not candidates
+        algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
     balanced = hparams["synthetic_mode"] == "balanced"
     assert balanced == (name in ("EDSAM", "Regenerated_Balanced"))  # ED-SAM's Eq. 11; CDGA's union elsewhere
     assert algorithm.update(minibatches)["images"] == erm_images == 3 * hparams["batch_size"]
@@ -449,10 +450,12 @@ def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digi
     slots = [algorithm.synthetic_slots(8, share) for _ in range(3000)]
     expected = 4 if balanced else 8 * share
     assert abs(sum(slots) / len(slots) - expected) < 0.1
-    paired = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="paired"))
-    assert paired.update(minibatches)["images"] == 2 * erm_images
-    with pytest.raises(ValueError, match="synthetic_mode='concat'"):
-        algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="concat"))
+    with context.use(dataset):
+        paired = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3,
+                                                      dict(hparams, synthetic_mode="paired"))
+        assert paired.update(minibatches)["images"] == 2 * erm_images
+        with pytest.raises(ValueError, match="synthetic_mode='concat'"):
+            algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, dict(hparams, synthetic_mode="concat"))
 
 
 def _copy_tree(src, dst, per_class):
@@ -653,7 +656,8 @@ def test_erm_real_matched_sees_the_union_rows_real_images_per_step_and_is_erm_at
 def test_erm_augment_draws_one_augmentation_per_image(digitstyles_dir):
     hparams = hparams_registry.default_hparams("ERM_Augment", "DigitStyles")
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], hparams)
-    algorithm = algorithms.get_algorithm_class("ERM_Augment")(dataset.input_shape, 10, 3, hparams)
+    with context.use(dataset):
+        algorithm = algorithms.get_algorithm_class("ERM_Augment")(dataset.input_shape, 10, 3, hparams)
     x, y = dataset[1][0]
     seen = []
     network = algorithm.predict
@@ -676,7 +680,8 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
     for name, out in (("Regenerated", union), ("Regenerated_Balanced", balanced)):
         hparams = hparams_registry.default_hparams(name, "DigitStyles")
         dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
-        algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
+        with context.use(dataset):
+            algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
         out += [r for d in algorithm.synthetic.datasets for r in d.selection.records()]
         assert hparams["synthetic_mode"] == ("union" if name == "Regenerated" else "balanced")
     assert union == balanced and len(union) > 0
