@@ -337,9 +337,9 @@ def main(argv=None):
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
     workers = args.lanes or default_lanes()  # the sweep's lanes: one thread each, the same bytes on any machine
 
-    def generation(methods, model, synthetic):
+    def generation(methods, model, synthetic, num_samples=profile["edsam_m"]):
         return generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
-                         "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(profile["edsam_m"]),
+                         "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
                          "--batch_size", "64", "--workers", str(workers),
                          "--trial_seeds", *map(str, range(profile["trials"])), "--model", model]
                         + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
@@ -394,7 +394,9 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     start = time.time()
     folder = os.path.join(out, "ablation")
     step("ablation 1/3 controls: regenerations (ED-SAM at rho = 0) and their sweep")
-    code = generation(["regenerate"], "embedded", profile["synthetic"])
+    from domainbed import hparams_registry
+    per_image = hparams_registry.default_hparams("Regenerated", "DigitStyles")["regenerations_per_image"]
+    code = generation(["regenerate"], "embedded", profile["synthetic"], per_image)
     if code:
         return code
     controls_dir = os.path.join(folder, "controls", "sweep")

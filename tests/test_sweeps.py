@@ -117,3 +117,14 @@ def test_each_row_is_read_against_its_control_paired_and_holm_corrected():
     from scipy import stats
     p = stats.ttest_rel([0.60, 0.70, 0.80], [0.55, 0.64, 0.76]).pvalue
     assert f"p (Holm) {min(1, 3 * p):.3f}" in line and "n=3" in line
+
+
+def test_the_generator_effect_is_each_row_with_the_all_styles_model_minus_itself_paired():
+    main = load("main_job")
+    default = {"ERM": dict(average_per_trial={0: 0.5, 1: 0.6}), "EDSAM": dict(average_per_trial={0: 0.6, 1: 0.7}),
+               "MIRO": dict(average_per_trial={0: 0.6, 1: 0.6})}
+    all_styles = {"ERM": default["ERM"], "EDSAM": dict(average_per_trial={0: 0.7, 1: 0.9, 2: 0.1})}
+    effect = dict(main.generator_effect(default, all_styles))
+    assert list(effect) == ["EDSAM: all-styles - per-test-env"]  # ERM is the same runs; MIRO uses no generator
+    assert effect["EDSAM: all-styles - per-test-env"]["seeds"] == [0, 1]
+    assert math.isclose(effect["EDSAM: all-styles - per-test-env"]["mean"], 0.15)
