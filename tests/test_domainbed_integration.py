@@ -676,6 +676,7 @@ def test_erm_augment_draws_one_augmentation_per_image(digitstyles_dir):
 
 
 def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(synthetic_digitstyles):
+    from domainbed_diffusion.synthetic import env_folder
     union, balanced = [], []
     for name, out in (("Regenerated", union), ("Regenerated_Balanced", balanced)):
         hparams = hparams_registry.default_hparams(name, "DigitStyles")
@@ -686,7 +687,8 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
         assert hparams["synthetic_mode"] == ("union" if name == "Regenerated" else "balanced")
     assert union == balanced and len(union) > 0
     for record in union:
-        assert record["method"] == "regenerate" and record["sample"] in (0, 1)
+        assert record["file"].split("/")[-3] == env_folder("regenerate", record["source_env"])
+        assert record["sample"] in (0, 1)
         assert record["params"]["rho"] == 0.0 and record["params"]["alpha"] == 0.0, record
         assert record["model_id"].startswith("embedded-without-blueprint")
     # --methods all makes the methods' images only: a control is generated when named
