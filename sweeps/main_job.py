@@ -282,6 +282,26 @@ def sweep(common, env):
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
+    stale = stale_runs(common[common.index("--output_dir") + 1])
+    if stale:
+        print(f"WARNING: {len(stale)} finished run(s) have fewer checkpoints than DigitStyles now writes (made by an "
+              f"earlier version; the sweep keeps finished runs), e.g. {stale[0]}: delete those folders and run this "
+              f"command again to redo them.", file=sys.stderr)
+
+
+def stale_runs(sweep_dir):
+    """Finished runs whose checkpoints are fewer than their steps and DigitStyles' ``CHECKPOINT_FREQ`` give."""
+    import glob
+    from domainbed import datasets
+    DigitStyles = datasets.get_dataset_class("DigitStyles")
+    stale = []
+    for done in sorted(glob.glob(os.path.join(sweep_dir, "*", "done"))):
+        with open(os.path.join(os.path.dirname(done), "results.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        steps = records[-1]["args"]["steps"] or DigitStyles.N_STEPS
+        if len(records) < len(range(0, steps - 1, DigitStyles.CHECKPOINT_FREQ)) + 1:
+            stale.append(os.path.dirname(done))
+    return stale
 
 
 def tables(sources, env_names, order, profile):

@@ -128,3 +128,18 @@ def test_the_generator_effect_is_each_row_with_the_all_styles_model_minus_itself
     assert list(effect) == ["EDSAM: all-styles - per-test-env"]  # ERM is the same runs; MIRO uses no generator
     assert effect["EDSAM: all-styles - per-test-env"]["seeds"] == [0, 1]
     assert math.isclose(effect["EDSAM: all-styles - per-test-env"]["mean"], 0.15)
+
+
+@needs_domainbed
+def test_runs_from_before_the_checkpoint_frequency_are_named_for_deletion(tmp_path):
+    import json
+    main = load("main_job")
+    sweep = str(tmp_path / "sweep")
+    write_run(sweep, "ERM", 0, 0, [(s, 0.5, 0.5, 0.5) for s in range(0, 151, 25)])  # 0, 25, ..., 150
+    write_run(sweep, "ERM", 1, 0, [(0, 0.5, 0.5, 0.5), (150, 0.5, 0.5, 0.5)])  # an earlier version's two
+    for name in os.listdir(sweep):  # write_run leaves steps out: the dataset's N_STEPS
+        path = os.path.join(sweep, name, "results.jsonl")
+        records = [dict(json.loads(line), args=dict(json.loads(line)["args"], steps=None)) for line in open(path)]
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    assert main.stale_runs(sweep) == [os.path.join(sweep, "ERM_1_0")]
