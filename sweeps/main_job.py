@@ -85,20 +85,27 @@ def protocol(profile):
 SELECTIONS = ("IIDAccuracySelectionMethod", "OracleSelectionMethod")  # DomainBed's; the first is the headline
 
 
-def summarize(sweep_dirs, selection="IIDAccuracySelectionMethod", baseline="ERM"):
+def load_records(sweep_dirs):
+    """DomainBed's records of the sweep folder(s): each a path, or ``(path, algorithms to read from it)``."""
+    from domainbed.lib import reporting
+    from domainbed.lib.query import Q
+    sources = [(d, None) if isinstance(d, str) else d for d in ([sweep_dirs] if isinstance(sweep_dirs, str)
+                                                                   else sweep_dirs)]
+    return Q([r for d, only in sources for r in reporting.load_records(d)
+              if only is None or r["args"]["algorithm"] in only])
+
+
+def summarize(sweep_dirs, selection="IIDAccuracySelectionMethod", baseline="ERM", records=None):
     """Per algorithm of the sweep folder(s) (each a path, or ``(path, algorithms to read from it)``): test-env
     accuracy under one of DomainBed's model selection methods (mean, standard error, trials) per test env and
     averaged over them, the checkpoint and hparams set it chose in each run, the difference with ``baseline``
-    paired by trial seed, and each row's cost: images and seconds per step (also relative to the baseline's)."""
+    paired by trial seed, and each row's cost: images and seconds per step (also relative to the baseline's).
+    ``records``: the folders' records, when already read (``load_records``)."""
     import numpy as np
     from domainbed import model_selection
     from domainbed.lib import reporting
-    from domainbed.lib.query import Q
     method = getattr(model_selection, selection)
-    sources = [(d, None) if isinstance(d, str) else d for d in ([sweep_dirs] if isinstance(sweep_dirs, str)
-                                                                   else sweep_dirs)]
-    records = Q([r for d, only in sources for r in reporting.load_records(d)
-                 if only is None or r["args"]["algorithm"] in only])
+    records = load_records(sweep_dirs) if records is None else records
     out, chosen = {}, {}
     for group in reporting.get_grouped_records(records):
         pick = _chosen(method, group["records"])
@@ -307,8 +314,9 @@ def stale_runs(sweep_dir):
 def tables(sources, env_names, order, profile):
     """Both selections' tables and summaries of records from ``sources`` (folders, or (folder, algorithms))."""
     out, text = {}, []
+    records = load_records(sources)  # read once for both selections
     for selection in SELECTIONS:
-        summary = summarize(sources, selection)
+        summary = summarize(sources, selection, records=records)
         out[selection] = summary
         text.append(results_table(summary, env_names, selection, order, protocol(profile)))
     return out, text
