@@ -217,9 +217,10 @@ class DomainFusion(ERM):
     def diffusion(self, device):
         if self._diffusion is None:
             from .diffusion import LatentDiffusion, loading
-            seen = generators.trained_on(loading.resolve_model(self.diffusion_model))
-            generators.check(self.diffusion_model, seen, self.test_env_names, self.hparams, "DomainFusion")
-            self._diffusion = LatentDiffusion.from_pretrained(self.diffusion_model, device=device,
+            folder = loading.resolve_model(self.diffusion_model)  # resolved once: checked, then loaded
+            generators.check(self.diffusion_model, generators.trained_on(folder), self.test_env_names, self.hparams,
+                             "DomainFusion")
+            self._diffusion = LatentDiffusion.from_pretrained(folder, device=device,
                                                               dtype=self.hparams["diffusion_dtype"])
         return self._diffusion
 

@@ -224,13 +224,14 @@ def run(args, stream=None):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
     made = {}
     for generator, plans in jobs:
-        model = LatentDiffusion.from_pretrained(generator.model, device=device, dtype=args.dtype)
-        if args.compile or args.channels_last:
-            model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
-        seen = trained_on(loading.resolve_model(generator.model))
+        folder = loading.resolve_model(generator.model)  # resolved once: its card checked, then loaded
+        seen = trained_on(folder)
         if generator.held_out is not None and generator.held_out in (seen or ()):
             raise ValueError(f"--model {args.model}: {generator.model} for test env {generator.held_out} lists "
                              f"{generator.held_out} among the envs it was trained on ({MODEL_CARD})")
+        model = LatentDiffusion.from_pretrained(folder, device=device, dtype=args.dtype)
+        if args.compile or args.channels_last:
+            model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
         for method, (cfg, runner, batches) in plans.items():
             made[method] = made.get(method, 0) + run_method(model, folder, method, runner, batches, out_root,
                                                             num_shards, shard_id, stream, seen)

@@ -251,11 +251,12 @@ class Report:
             missing = [e for e, env in enumerate(self.envs) if seen is not None and env not in seen]
             unseen.append(missing[0] if len(missing) == 1 else -1)
         held = np.asarray(unseen or [-1])[np.asarray(index.model)[rows]]
-        out = np.empty(len(rows))
-        for k, (p, s, g, h) in enumerate(zip(predicted_env, src, guide, held)):
-            tests = [h] if h >= 0 else [e for e in range(len(self.envs)) if e not in (s, g)]
-            out[k] = np.mean([p == t for t in tests]) if tests else np.nan
-        return out
+        envs = np.arange(len(self.envs))
+        src, guide, predicted_env = (np.asarray(a).reshape(-1, 1) for a in (src, guide, predicted_env))
+        tests = np.where(held[:, None] >= 0, envs == held[:, None], (envs != src) & (envs != guide))
+        count = tests.sum(1)
+        hits = (tests & (envs == predicted_env)).sum(1)
+        return np.divide(hits, count, out=np.full(len(held), np.nan), where=count > 0)
 
     def _copies(self, index, rows, x):
         """Each sampled image's feature distance to its source image (NaN where it has none)."""

@@ -122,5 +122,11 @@ def load_image(path, size):
             rgb = to_rgb(img)
     except Exception as error:  # PIL raises many types for broken files
         return None, f"{type(error).__name__}: {error}"
+    return as_read(rgb, size), None
+
+
+def as_read(rgb, size):
+    """An RGB PIL image (or (H, W, 3) uint8 array) as every reader sees it: bicubic to ``size``, float32 (3, H, W)."""
+    rgb = Image.fromarray(rgb) if isinstance(rgb, np.ndarray) else rgb
     rgb = rgb.resize((size, size), Image.BICUBIC)
-    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0, None
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0

@@ -22,7 +22,9 @@ from PIL import Image, ImageDraw
 from domainbed_diffusion import digitstyles
 from domainbed_diffusion.diffusion import LatentDiffusion
 from domainbed_diffusion.diffusion.loading import resolve_model
+from domainbed_diffusion.generation.base import to_uint8
 from domainbed_diffusion.generators import trained_on
+from offline_generation import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = [f"embedded-without-{s}" for s in digitstyles.DOMAINS] + ["embedded-all-styles"]
@@ -32,8 +34,9 @@ def measure(report, extractor, name, seeds):
     """Samples of every (style, digit) and what the report's probes read in them (class and env indices are the
     report's: its folder's sorted names)."""
     from offline_generation.preview import text_to_image
-    model = LatentDiffusion.from_pretrained(name, device="cpu", dtype="float32")
-    seen = set(trained_on(resolve_model(name)) or ())
+    folder = resolve_model(name)
+    model = LatentDiffusion.from_pretrained(folder, device="cpu", dtype="float32")
+    seen = set(trained_on(folder) or ())
     prompts, digit, style = [], [], []
     for s, env in enumerate(digitstyles.DOMAINS):
         for c, cls in enumerate(digitstyles.CLASS_NAMES):
@@ -60,10 +63,7 @@ def measure(report, extractor, name, seeds):
 
 def as_read(images, size):
     """Images as the report reads generated files: 8-bit PNG pixels, resized bicubically by PIL."""
-    arrays = [np.asarray(Image.fromarray((i.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
-                         .resize((size, size), Image.BICUBIC), dtype=np.float32).transpose(2, 0, 1) / 255.0
-              for i in images]
-    return torch.from_numpy(np.stack(arrays))
+    return torch.from_numpy(np.stack([sources.as_read(array, size) for array in to_uint8(images)]))
 
 
 def grid(rows, path, tile=32, pad=2, label=190):
@@ -72,8 +72,7 @@ def grid(rows, path, tile=32, pad=2, label=190):
     for r, (text, images) in enumerate(rows):
         draw.text((4, r * (tile + pad) + tile // 2 - 6), text, fill="black")
         for c, pixels in enumerate(images):
-            array = (pixels.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            image.paste(Image.fromarray(array), (label + c * (tile + pad), r * (tile + pad)))
+            image.paste(Image.fromarray(to_uint8(pixels[None])[0]), (label + c * (tile + pad), r * (tile + pad)))
     image.save(path)
 
 

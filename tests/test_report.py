@@ -135,3 +135,17 @@ def test_sampling_keeps_at_most_per_group_rows_of_every_group_and_all_of_small_o
     assert counts == {2: 30, 7: 50, 9: 50} and len(set(rows.tolist())) == len(rows)
     assert np.array_equal(rows, _sample_rows(groups, 50, seed=0))
     assert not np.array_equal(rows, _sample_rows(groups, 50, seed=1))
+
+
+def test_an_image_counts_towards_the_env_its_model_never_saw_else_towards_every_env_neither_source_nor_guide():
+    from types import SimpleNamespace
+    from offline_generation.report import Report
+    # models: no card; trained on a, b, c (never saw d); trained on every env (saw them all)
+    index = SimpleNamespace(model_trained_on=[None, ["a", "b", "c"], ["a", "b", "c", "d"]], model=[0, 1, 2, 0, 1, 2])
+    source, guide, predicted = [0, 1, -1, 2, 3, 0], [-1, 2, -1, 3, 0, 1], [1, 3, 2, 0, 3, 2]
+    shares = Report._to_test_env(SimpleNamespace(envs=["a", "b", "c", "d"]), index, np.arange(6), source, guide,
+                                 predicted)
+    np.testing.assert_allclose(shares, [1 / 3, 1, 1 / 4, 1 / 2, 1, 1 / 2])
+    lone = Report._to_test_env(SimpleNamespace(envs=["a", "b"]), SimpleNamespace(model_trained_on=[None], model=[0]),
+                               np.arange(1), [0], [1], [0])
+    assert np.isnan(lone).all()  # source and guide cover every env: no test env to count towards
