@@ -49,8 +49,12 @@ PROFILES = {
 }
 
 
+_START = time.time()
+
+
 def step(title):
-    print(f"\n== {title} ==", flush=True)
+    """A stage's banner, with the minutes since the job started (the budget's parts are read from these)."""
+    print(f"\n== {title} == ({(time.time() - _START) / 60:.1f} min)", flush=True)
 
 
 def uses_generator(algorithm):
