@@ -224,12 +224,12 @@ def run(args, stream=None):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
     made = {}
     for generator, plans in jobs:
-        folder = loading.resolve_model(generator.model)  # resolved once: its card checked, then loaded
-        seen = trained_on(folder)
+        model_folder = loading.resolve_model(generator.model)  # resolved once: its card checked, then loaded
+        seen = trained_on(model_folder)
         if generator.held_out is not None and generator.held_out in (seen or ()):
             raise ValueError(f"--model {args.model}: {generator.model} for test env {generator.held_out} lists "
                              f"{generator.held_out} among the envs it was trained on ({MODEL_CARD})")
-        model = LatentDiffusion.from_pretrained(folder, device=device, dtype=args.dtype)
+        model = LatentDiffusion.from_pretrained(model_folder, device=device, dtype=args.dtype)
         if args.compile or args.channels_last:
             model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
         for method, (cfg, runner, batches) in plans.items():
