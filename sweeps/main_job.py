@@ -440,6 +440,13 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     code = generation(["all"], ALL_STYLES, synthetic)
     if code:
         return code
+    from offline_generation.cli import main as generate
+    methods = [catalogue.entry(a).spec.name for a in rows if catalogue.entry(a) and catalogue.entry(a).spec]
+    code = generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
+                     os.path.join(data_dir, synthetic), "--methods", *methods,
+                     "--output", os.path.join(folder, "all-styles", "report")]) if methods else 0
+    if code:  # the same report as the main job's, for the generator that saw the test styles
+        return code
     all_styles_dir = os.path.join(folder, "all-styles", "sweep")
     sweep(sweep_args(data_dir, all_styles_dir, profile, rows, synthetic, diffusion_model=ALL_STYLES,
                      UNSAFE_generator_saw_test_env=True), env)
