@@ -57,6 +57,18 @@ def step(title):
     print(f"\n== {title} == ({(time.time() - _START) / 60:.1f} min)", flush=True)
 
 
+def generated_methods(algorithms):
+    """The generation methods whose files ``algorithms`` read (catalogue specs; online rows read none)."""
+    return [catalogue.entry(a).spec.name for a in algorithms if catalogue.entry(a) and catalogue.entry(a).spec]
+
+
+def report(data_dir, synthetic_root, methods, output):
+    """The synthetic-domain report of ``methods``' images under ``synthetic_root`` (0 when there are none)."""
+    from offline_generation.cli import main as generate
+    return generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
+                     synthetic_root, "--methods", *methods, "--output", output]) if methods else 0
+
+
 def uses_generator(algorithm):
     """Whether an algorithm's images come from a diffusion model: those that define the leak opt-in."""
     from domainbed import hparams_registry
@@ -376,7 +388,7 @@ def main(argv=None):
                          "--trial_seeds", *map(str, range(profile["trials"])), "--model", model]
                         + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
-    methods = [catalogue.entry(a).spec.name for a in algorithms if catalogue.entry(a) and catalogue.entry(a).spec]
+    methods = generated_methods(algorithms)
     code = generation(methods, "embedded", profile["synthetic"]) if methods else 0
     if code:
         return code
@@ -391,8 +403,7 @@ def main(argv=None):
         print(GET_DOMAINBED, file=sys.stderr)
         return 2
     step("4/6 synthetic-domain report")
-    code = generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root", synthetic_root,
-                     "--methods", *methods, "--output", os.path.join(out, "report")]) if methods else 0
+    code = report(data_dir, synthetic_root, methods, os.path.join(out, "report"))
     if code:
         return code
 
@@ -440,11 +451,8 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     code = generation(["all"], ALL_STYLES, synthetic)
     if code:
         return code
-    from offline_generation.cli import main as generate
-    methods = [catalogue.entry(a).spec.name for a in rows if catalogue.entry(a) and catalogue.entry(a).spec]
-    code = generate(["report", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
-                     os.path.join(data_dir, synthetic), "--methods", *methods,
-                     "--output", os.path.join(folder, "all-styles", "report")]) if methods else 0
+    code = report(data_dir, os.path.join(data_dir, synthetic), generated_methods(rows),
+                  os.path.join(folder, "all-styles", "report"))
     if code:  # the same report as the main job's, for the generator that saw the test styles
         return code
     all_styles_dir = os.path.join(folder, "all-styles", "sweep")
