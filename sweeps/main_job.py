@@ -42,10 +42,11 @@ Get it once, then run this command again (it resumes):
 """
 
 # Full: three trials of the DigitStyles defaults on every image; quick: one short trial on synthetic domains made
-# from the first 5 images per (env, class), kept in their own folder so the full job never mixes them in.
+# from the first 5 images per (env, class), kept in their own folder so the full job never mixes them in; its 26
+# steps give two evaluations (steps 0 and 25), since an evaluation costs about as much as 20 training steps.
 PROFILES = {
     "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
-    "quick": dict(trials=1, steps=40, edsam_m=2, max_per_class=5, synthetic="synthetic-quick"),
+    "quick": dict(trials=1, steps=26, edsam_m=2, max_per_class=5, synthetic="synthetic-quick"),
 }
 
 
@@ -350,7 +351,7 @@ def main(argv=None):
                         help="parallel DomainBed runs and generation workers (default: 2 or cores)")
     parser.add_argument("--trials", type=int, default=None, help="trials per (algorithm, test env); default 3, quick 1")
     parser.add_argument("--steps", type=int, default=None, help="training steps; default DigitStyles' N_STEPS, "
-                                                                 "quick 40")
+                                                                 "quick 26")
     parser.add_argument("--n_hparams", type=int, default=1,
                         help="hparams sets per (algorithm, test env, trial): 1 the defaults, more a random search")
     parser.add_argument("--algorithms", nargs="+", default=None,
