@@ -43,19 +43,22 @@ Get it once, then run this command again (it resumes):
 
 # Full: three trials of the DigitStyles defaults on every image; quick: one short trial on synthetic domains made
 # from the first 5 images per (env, class), kept in their own folder so the full job never mixes them in; its 26
-# steps give two evaluations (steps 0 and 25), since an evaluation costs about as much as 20 training steps.
+# steps give two evaluations (steps 0 and 25), since an evaluation costs about as much as 20 training steps; one
+# ED-SAM image per source, and latent-prior's bandwidth estimated on 8 images per domain (32 would be most of its
+# quick generation).
 PROFILES = {
-    "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic"),
-    "quick": dict(trials=1, steps=26, edsam_m=2, max_per_class=5, synthetic="synthetic-quick"),
+    "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic", generation=[]),
+    "quick": dict(trials=1, steps=26, edsam_m=1, max_per_class=5, synthetic="synthetic-quick",
+                  generation=["--bandwidth_references", "8"]),
 }
 
 
-_START = time.time()
+_START = [time.time()]  # when main() began: the banners' origin
 
 
 def step(title):
     """A stage's banner, with the minutes since the job started (the budget's parts are read from these)."""
-    print(f"\n== {title} == ({(time.time() - _START) / 60:.1f} min)", flush=True)
+    print(f"\n== {title} == ({(time.time() - _START[0]) / 60:.1f} min)", flush=True)
 
 
 def generated_methods(algorithms):
@@ -371,7 +374,7 @@ def main(argv=None):
                PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if args.lanes:
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
-    start = time.time()
+    start = _START[0] = time.time()
 
     step("1/6 DigitStyles")
     from domainbed_diffusion import digitstyles
@@ -386,7 +389,8 @@ def main(argv=None):
         return generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
                          "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
                          "--batch_size", "64", "--workers", str(workers),
-                         "--trial_seeds", *map(str, range(profile["trials"])), "--model", model]
+                         "--trial_seeds", *map(str, range(profile["trials"])), "--model", model,
+                         *profile["generation"]]
                         + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     methods = generated_methods(algorithms)
