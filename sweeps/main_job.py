@@ -47,18 +47,18 @@ Get it once, then run this command again (it resumes):
 # ED-SAM image per source, and latent-prior's bandwidth estimated on 8 images per domain (32 would be most of its
 # quick generation).
 PROFILES = {
-    "full": dict(trials=3, steps=None, edsam_m=3, max_per_class=None, synthetic="synthetic", generation=[]),
-    "quick": dict(trials=1, steps=26, edsam_m=1, max_per_class=5, synthetic="synthetic-quick",
-                  generation=["--bandwidth_references", "8"]),
+    "full": dict(trials=3, steps=None, edsam_m=3, synthetic="synthetic", generation=[]),
+    "quick": dict(trials=1, steps=26, edsam_m=1, synthetic="synthetic-quick",
+                  generation=["--max_per_class", "5", "--bandwidth_references", "8"]),
 }
 
 
-_START = [time.time()]  # when main() began: the banners' origin
+_START = time.time()  # reset when main() begins: the banners' origin
 
 
 def step(title):
     """A stage's banner, with the minutes since the job started (the budget's parts are read from these)."""
-    print(f"\n== {title} == ({(time.time() - _START[0]) / 60:.1f} min)", flush=True)
+    print(f"\n== {title} == ({(time.time() - _START) / 60:.1f} min)", flush=True)
 
 
 def generated_methods(algorithms):
@@ -374,7 +374,8 @@ def main(argv=None):
                PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if args.lanes:
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
-    start = _START[0] = time.time()
+    global _START
+    start = _START = time.time()
 
     step("1/6 DigitStyles")
     from domainbed_diffusion import digitstyles
@@ -390,8 +391,7 @@ def main(argv=None):
                          "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
                          "--batch_size", "64", "--workers", str(workers),
                          "--trial_seeds", *map(str, range(profile["trials"])), "--model", model,
-                         *profile["generation"]]
-                        + (["--max_per_class", str(profile["max_per_class"])] if profile["max_per_class"] else []))
+                         *profile["generation"]])
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     methods = generated_methods(algorithms)
     code = generation(methods, "embedded", profile["synthetic"]) if methods else 0
@@ -453,10 +453,11 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     step("ablation 2/3 the rows that use a diffusion model, with the all-styles model")
     rows = [a for a in algorithms if a != "ERM" and uses_generator(a)]
     synthetic = profile["synthetic"] + "-all-styles"
-    code = generation(["all"], ALL_STYLES, synthetic)
+    made = generated_methods(rows)  # the files those rows read; DomainFusion loads the model itself
+    code = generation(made, ALL_STYLES, synthetic) if made else 0
     if code:
         return code
-    code = report(data_dir, os.path.join(data_dir, synthetic), generated_methods(rows),
+    code = report(data_dir, os.path.join(data_dir, synthetic), made,
                   os.path.join(folder, "all-styles", "report"))
     if code:  # the same report as the main job's, for the generator that saw the test styles
         return code
