@@ -6,7 +6,7 @@ import time
 
 from domainbed_diffusion.launchers import cpu_parallel, train_server
 
-from conftest import REPO
+from conftest import REPO, needs_domainbed
 
 
 def test_only_domainbeds_train_command_goes_to_the_train_server():
@@ -29,6 +29,16 @@ def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypat
     assert all(m.exists() for m in marks)
     assert "5/5 runs finished (2 failed)" in stream.getvalue()
     assert cpu_parallel._this_python("python -c 1").startswith(sys.executable)
+
+
+@needs_domainbed
+def test_cpu_parallel_starts_the_runs_that_generate_online_first():
+    def train(algorithm, env):
+        return f"python -m domainbed.scripts.train --algorithm {algorithm} --test_envs {env} --output_dir /tmp/{env}"
+    commands = [train("ERM", 0), train("DomainFusion", 0), train("CDGA_IG", 1), "echo done", train("DomainFusion", 1)]
+    assert cpu_parallel.longest_first(commands) == [commands[1], commands[4], commands[0], commands[2], commands[3]]
+    assert cpu_parallel.longest_first(commands[::-1]) == [commands[4], commands[1], commands[3], commands[2],
+                                                          commands[0]]
 
 
 FAKE_SCRIPT = '''

@@ -21,13 +21,33 @@ def _this_python(command):
     return shlex.quote(sys.executable) + command[len("python"):] if command.startswith("python ") else command
 
 
+def _generates_online(command):
+    """Whether ``command`` trains an algorithm that runs a diffusion model inside its steps (``GENERATES_ONLINE``)."""
+    arguments = train_server.train_arguments(command) or []
+    name = arguments[arguments.index("--algorithm") + 1] if "--algorithm" in arguments[:-1] else None
+    if name is None:
+        return False
+    try:
+        from .. import algorithms
+    except ImportError:  # no DomainBed here: nothing to rank by
+        return False
+    return bool(getattr(getattr(algorithms, name, None), "GENERATES_ONLINE", False))
+
+
+def longest_first(commands):
+    """The runs that generate online first, the rest in the sweep's order: the longest runs do not end the sweep
+    with one lane idle (DomainBed's sweep shuffles its jobs)."""
+    return sorted(commands, key=lambda command: not _generates_online(command))
+
+
 def launcher(commands, lanes=None, stream=None):
-    """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each."""
+    """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each, longest first."""
     lanes = lanes or default_lanes()
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     preload = train_server.enabled()
-    jobs = [(command, train_server.train_arguments(command) if preload else None) for command in commands]
+    jobs = [(command, train_server.train_arguments(command) if preload else None)
+            for command in longest_first(commands)]
     server = train_server.TrainServer(env) if any(arguments is not None for _, arguments in jobs) else None
 
     def start(command, arguments):
