@@ -31,14 +31,23 @@ def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypat
     assert cpu_parallel._this_python("python -c 1").startswith(sys.executable)
 
 
+def test_cpu_parallel_starts_the_online_runs_first_in_at_most_half_the_lanes():
+    online = [False, True, False, True]
+    assert cpu_parallel.next_run(online, online_running=0, lanes=2) == 1
+    assert cpu_parallel.next_run(online, online_running=1, lanes=2) == 0  # the other lane takes a light run
+    assert cpu_parallel.next_run([True, True], online_running=1, lanes=2) == 0  # nothing else left
+    assert cpu_parallel.next_run(online, online_running=1, lanes=4) == 1
+    assert cpu_parallel.next_run(online, online_running=2, lanes=4) == 0
+    assert cpu_parallel.next_run(online, online_running=0, lanes=1) == 1
+
+
 @needs_domainbed
-def test_cpu_parallel_starts_the_runs_that_generate_online_first():
-    def train(algorithm, env):
-        return f"python -m domainbed.scripts.train --algorithm {algorithm} --test_envs {env} --output_dir /tmp/{env}"
-    commands = [train("ERM", 0), train("DomainFusion", 0), train("CDGA_IG", 1), "echo done", train("DomainFusion", 1)]
-    assert cpu_parallel.longest_first(commands) == [commands[1], commands[4], commands[0], commands[2], commands[3]]
-    assert cpu_parallel.longest_first(commands[::-1]) == [commands[4], commands[1], commands[3], commands[2],
-                                                          commands[0]]
+def test_cpu_parallel_knows_which_runs_generate_online():
+    def train(algorithm):
+        return f"python -m domainbed.scripts.train --algorithm {algorithm} --test_envs 0 --output_dir /tmp/x"
+    assert [cpu_parallel._generates_online(c) for c in (train("DomainFusion"), train("ERM"), train("CDGA_IG"),
+                                                        "echo DomainFusion", train("NoSuchAlgorithm"))] == \
+        [True, False, False, False, False]
 
 
 FAKE_SCRIPT = '''

@@ -34,37 +34,43 @@ def _generates_online(command):
     return bool(getattr(getattr(algorithms, name, None), "GENERATES_ONLINE", False))
 
 
-def longest_first(commands):
-    """The runs that generate online first, the rest in the sweep's order: the longest runs do not end the sweep
-    with one lane idle (DomainBed's sweep shuffles its jobs)."""
-    return sorted(commands, key=lambda command: not _generates_online(command))
+def next_run(online, online_running, lanes):
+    """Index of the pending run to start (``online[i]``: run i generates online): the longest runs first, but in at
+    most half the lanes while other runs are pending, since two of them side by side slow each other down."""
+    first_online = next((i for i, o in enumerate(online) if o), None)
+    first_other = next((i for i, o in enumerate(online) if not o), None)
+    if first_online is not None and (online_running < max(1, lanes // 2) or first_other is None):
+        return first_online
+    return first_other
 
 
 def launcher(commands, lanes=None, stream=None):
-    """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each, longest first."""
+    """Run ``commands`` in ``lanes`` parallel processes with ``cores // lanes`` threads each, in ``next_run``'s
+    order (DomainBed's sweep hands them shuffled)."""
     lanes = lanes or default_lanes()
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     preload = train_server.enabled()
-    jobs = [(command, train_server.train_arguments(command) if preload else None)
-            for command in longest_first(commands)]
-    server = train_server.TrainServer(env) if any(arguments is not None for _, arguments in jobs) else None
+    pending = [(command, train_server.train_arguments(command) if preload else None, _generates_online(command))
+               for command in commands]
+    server = train_server.TrainServer(env) if any(arguments is not None for _, arguments, _ in pending) else None
 
-    def start(command, arguments):
+    def start(command, arguments, online):
         if arguments is not None:
-            return server.submit(arguments)
+            return server.submit(arguments), online
         return subprocess.Popen(_this_python(command), shell=True, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), online
 
-    pending, running, done, failed = jobs, [], 0, 0
+    running, done, failed = [], 0, 0
     start_time = time.time()
     try:
         while pending or running:
             while pending and len(running) < lanes:
-                running.append(start(*pending.pop(0)))
+                i = next_run([o for _, _, o in pending], sum(o for _, o in running), lanes)
+                running.append(start(*pending.pop(i)))
             time.sleep(0.2)
-            for proc in [p for p in running if p.poll() is not None]:
-                running.remove(proc)
+            for proc, online in [r for r in running if r[0].poll() is not None]:
+                running.remove((proc, online))
                 done += 1
                 failed += proc.returncode != 0
                 print(f"[cpu_parallel] {done}/{len(commands)} runs finished ({failed} failed), "
