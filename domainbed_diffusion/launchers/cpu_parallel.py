@@ -28,7 +28,7 @@ def _generates_online(command):
     if name is None:
         return False
     try:
-        from .. import algorithms
+        from domainbed import algorithms  # the stock registry, where the plugin's algorithms are registered
     except ImportError:  # no DomainBed here: nothing to rank by
         return False
     return bool(getattr(getattr(algorithms, name, None), "GENERATES_ONLINE", False))
