@@ -45,8 +45,8 @@ def test_cpu_parallel_starts_the_online_runs_first_in_at_most_half_the_lanes():
 def test_cpu_parallel_knows_which_runs_generate_online():
     def train(algorithm):
         return f"python -m domainbed.scripts.train --algorithm {algorithm} --test_envs 0 --output_dir /tmp/x"
-    assert [cpu_parallel._generates_online(c) for c in (train("DomainFusion"), train("ERM"), train("CDGA_IG"),
-                                                        "echo DomainFusion", train("NoSuchAlgorithm"))] == \
+    commands = (train("DomainFusion"), train("ERM"), train("CDGA_IG"), "echo DomainFusion", train("NoSuchAlgorithm"))
+    assert [cpu_parallel._generates_online(train_server.train_arguments(c)) for c in commands] == \
         [True, False, False, False, False]
 
 

@@ -21,9 +21,10 @@ def _this_python(command):
     return shlex.quote(sys.executable) + command[len("python"):] if command.startswith("python ") else command
 
 
-def _generates_online(command):
-    """Whether ``command`` trains an algorithm that runs a diffusion model inside its steps (``GENERATES_ONLINE``)."""
-    arguments = train_server.train_arguments(command) or []
+def _generates_online(arguments):
+    """Whether train ``arguments`` (``train_server.train_arguments``; None for another command) train an algorithm
+    that runs a diffusion model inside its steps (``GENERATES_ONLINE``)."""
+    arguments = arguments or []
     name = arguments[arguments.index("--algorithm") + 1] if "--algorithm" in arguments[:-1] else None
     if name is None:
         return False
@@ -51,8 +52,8 @@ def launcher(commands, lanes=None, stream=None):
     threads = str(max(1, (os.cpu_count() or 1) // lanes))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     preload = train_server.enabled()
-    pending = [(command, train_server.train_arguments(command) if preload else None, _generates_online(command))
-               for command in commands]
+    parsed = [(command, train_server.train_arguments(command)) for command in commands]
+    pending = [(command, arguments if preload else None, _generates_online(arguments)) for command, arguments in parsed]
     server = train_server.TrainServer(env) if any(arguments is not None for _, arguments, _ in pending) else None
 
     def start(command, arguments, online):
