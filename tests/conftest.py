@@ -1,8 +1,28 @@
 """Shared fixtures. DomainBed is found through ``DOMAINBED_DIR`` (a checkout) or an importable ``domainbed``;
-tests that need it skip, with that reason printed, when it is absent."""
+tests that need it skip, with that reason printed, when it is absent.
+
+Every cache the code reads (torch hub checkpoints, the Hugging Face hub, matplotlib's) points at an empty folder
+of this session before anything is imported, in this process and in every subprocess a test starts: a test
+never depends on what the user's caches hold. A test that wants a populated cache makes one and points there."""
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
+
+CACHES = tempfile.mkdtemp(prefix="domainbed-diffusion-test-caches-")
+atexit.register(shutil.rmtree, CACHES, ignore_errors=True)
+HERMETIC = {
+    "XDG_CACHE_HOME": os.path.join(CACHES, "xdg"),  # torch hub's and others' default root
+    "TORCH_HOME": os.path.join(CACHES, "torch"),
+    "HF_HOME": os.path.join(CACHES, "huggingface"),
+    "HF_HUB_CACHE": os.path.join(CACHES, "huggingface", "hub"),
+    "HUGGINGFACE_HUB_CACHE": os.path.join(CACHES, "huggingface", "hub"),
+    "HF_HUB_OFFLINE": "1",
+    "MPLCONFIGDIR": os.path.join(CACHES, "matplotlib"),
+}
+os.environ.update(HERMETIC)  # before torch, huggingface_hub and matplotlib read them (some at import)
 
 import numpy as np
 import pytest
