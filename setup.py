@@ -65,11 +65,12 @@ setup(
         "safetensors",
         "scipy",  # statistics
         "torchmetrics",  # FID and KID in the synthetic-domain report
+        "matplotlib",  # the results command's plots
     ],
     extras_require={
         # what DomainBed's own import and unit tests need (DomainBed itself is a checkout on PYTHONPATH)
         "domainbed": ["wilds", "timm", "parameterized"],
-        "test": ["pytest", "matplotlib", "parameterized"],
+        "test": ["pytest", "parameterized"],
         "slurm": ["submitit"],
     },
     entry_points={"console_scripts": [

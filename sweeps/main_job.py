@@ -11,8 +11,9 @@
    attribution, FID/KID, copies, a map) under ``<output_dir>/report``;
 5. runs a stock DomainBed sweep of ERM and every algorithm of the catalogue over every test env (resumable:
    finished runs are kept, interrupted ones redone), a checkpoint every 25 steps;
-6. prints stock collect_results' tables, then the table under training-domain validation (the headline) and under
-   the oracle, each row's difference with ERM paired by trial seed; saves them, with a bar chart.
+6. prints the results command's tables (``python -m domainbed_diffusion.results``: DomainBed's selection methods,
+   the headline under training-domain validation), each row's difference with ERM paired by trial seed, Holm over
+   each table; saves them with the tidy per-run file (runs.json), an accuracy chart and a forest plot.
 
 ``--ablation`` then runs the controls (``catalogue.CONTROLS``: augmentation, fewer real images, regenerations
 that move toward no style) and the rows that use a diffusion model with the all-styles model (it saw every
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from domainbed_diffusion import catalogue, statistics
+from domainbed_diffusion import catalogue, results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_STYLES = "embedded-all-styles"  # the ablation's generator
@@ -47,8 +48,8 @@ Get it once, then run this command again (it resumes):
 # ED-SAM image per source, and latent-prior's bandwidth estimated on 8 images per domain (32 would be most of its
 # quick generation).
 PROFILES = {
-    "full": dict(trials=3, steps=None, edsam_m=3, synthetic="synthetic", generation=[]),
-    "quick": dict(trials=1, steps=26, edsam_m=1, synthetic="synthetic-quick",
+    "full": dict(quick=False, trials=3, steps=None, edsam_m=3, synthetic="synthetic", generation=[]),
+    "quick": dict(quick=True, trials=1, steps=26, edsam_m=1, synthetic="synthetic-quick",
                   generation=["--max_per_class", "5", "--bandwidth_references", "8"]),
 }
 
@@ -102,176 +103,11 @@ def protocol(profile):
             "defaults; checkpoints every 25 steps.")
 
 
-SELECTIONS = ("IIDAccuracySelectionMethod", "OracleSelectionMethod")  # DomainBed's; the first is the headline
-
-
-def load_records(sweep_dirs):
-    """DomainBed's records of the sweep folder(s): each a path, or ``(path, algorithms to read from it)``."""
-    from domainbed.lib import reporting
-    from domainbed.lib.query import Q
-    sources = [(d, None) if isinstance(d, str) else d for d in ([sweep_dirs] if isinstance(sweep_dirs, str)
-                                                                   else sweep_dirs)]
-    return Q([r for d, only in sources for r in reporting.load_records(d)
-              if only is None or r["args"]["algorithm"] in only])
-
-
-def summarize(sweep_dirs, selection="IIDAccuracySelectionMethod", baseline="ERM", records=None):
-    """Per algorithm of the sweep folder(s) (each a path, or ``(path, algorithms to read from it)``): test-env
-    accuracy under one of DomainBed's model selection methods (mean, standard error, trials) per test env and
-    averaged over them, the checkpoint and hparams set it chose in each run, the difference with ``baseline``
-    paired by trial seed, and each row's cost: images and seconds per step (also relative to the baseline's).
-    ``records``: the folders' records, when already read (``load_records``)."""
-    import numpy as np
-    from domainbed import model_selection
-    from domainbed.lib import reporting
-    method = getattr(model_selection, selection)
-    records = load_records(sweep_dirs) if records is None else records
-    out, chosen = {}, {}
-    for group in reporting.get_grouped_records(records):
-        pick = _chosen(method, group["records"])
-        if pick is not None:
-            key = group["algorithm"], int(group["test_env"]), int(group["trial_seed"])
-            out.setdefault(key[0], {}).setdefault(key[1], {})[key[2]] = pick["test_acc"]
-            chosen[key] = pick
-    last = {}  # each run's last checkpoint: its step_time and images averaged over the steps since the one before
-    for r in records:
-        key = (r["args"]["algorithm"], tuple(r["args"]["test_envs"]), r["args"]["trial_seed"],
-               r["args"]["hparams_seed"])
-        if key not in last or r["step"] > last[key]["step"]:
-            last[key] = r
-    summary = {}
-    for algorithm, envs in out.items():
-        per_env = {e: _mean_sem(list(t.values())) for e, t in envs.items()}
-        trials = sorted(set.intersection(*(set(t) for t in envs.values())))
-        per_trial = {t: float(np.mean([envs[e][t] for e in envs])) for t in trials}  # over test envs
-        runs = [r for key, r in last.items() if key[0] == algorithm]
-        # our algorithms report the images of each step; DomainBed's ERM takes batch_size from each training env
-        images = [r["images"] if "images" in r else r["hparams"]["batch_size"] * _train_envs(r) for r in runs]
-        picks = [p for (a, _, _), p in chosen.items() if a == algorithm]
-        summary[algorithm] = dict(
-            test_env=per_env, average=_mean_sem(list(per_trial.values())),
-            per_run={e: {t: float(v) for t, v in sorted(ts.items())} for e, ts in sorted(envs.items())},
-            average_per_trial=per_trial, images_per_step=float(np.mean(images)),
-            seconds_per_step=float(np.mean([r["step_time"] for r in runs])), runs=len(runs),
-            selected={e: {t: {k: chosen[algorithm, e, t][k] for k in ("step", "hparams_seed")} for t in sorted(ts)}
-                      for e, ts in sorted(envs.items())},
-            selected_step=float(np.median([p["step"] for p in picks])),
-            hparams_sets=len({r["args"]["hparams_seed"] for r in runs}))
-    base = summary.get(baseline)
-    comparisons = statistics.compare_to({a: row["average_per_trial"] for a, row in summary.items()}, baseline)
-    for algorithm, row in summary.items():
-        row["seconds_vs_erm"] = row["seconds_per_step"] / base["seconds_per_step"] if base else None
-        row["images_vs_erm"] = row["images_per_step"] / base["images_per_step"] if base else None
-        if algorithm in comparisons:
-            row["vs_erm"] = comparisons[algorithm]
-    return summary
-
-
-def _chosen(method, records):
-    """What a DomainBed selection method picks among one (algorithm, test env, trial)'s runs: its test accuracy,
-    the checkpoint's step and the hparams set (DomainBed's ``sweep_acc`` returns the accuracy only)."""
-    from domainbed import model_selection
-    ranked = method.hparams_accs(records)
-    if not len(ranked):
-        return None
-    acc, run = ranked[0]
-    run = model_selection.get_test_records(run)
-    if hasattr(method, "_step_acc"):  # per-checkpoint selection (training-domain validation)
-        step = run.map(lambda r: dict(method._step_acc(r), step=r["step"])).argmax("val_acc")["step"]
-    else:  # the oracle takes the last checkpoint of the hparams set it picks
-        step = max(r["step"] for r in run)
-    return dict(test_acc=acc["test_acc"], step=int(step), hparams_seed=int(run[0]["args"]["hparams_seed"]))
-
-
-def _train_envs(record):
-    from domainbed import datasets
-    return datasets.num_environments(record["args"]["dataset"]) - len(record["args"]["test_envs"])
-
-
-def _mean_sem(values):
-    import numpy as np
-    values = np.asarray(values, dtype=float)
-    sem = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return dict(mean=float(values.mean()), sem=sem, n=int(len(values)))
-
-
-def results_table(summary, env_names, selection="IIDAccuracySelectionMethod", order=None, protocol=None):
-    """A table of ``summarize``'s rows: accuracy per test env and on average (%, mean +/- standard error, trials),
-    the difference with ERM paired by trial seed with its 95% t-interval and Holm-corrected p-value, the median
-    checkpoint step the selection chose, and each row's cost; its caption names the selection and the protocol."""
-    def cell(v):
-        return f"{100 * v['mean']:.1f} +/- {100 * v['sem']:.1f}" if v["n"] > 1 else f"{100 * v['mean']:.1f}"
-    header = ["Algorithm", *env_names, "Avg", "vs ERM [95% CI]", "p (Holm)", "step", "trials", "img/step",
-              "s/step", "x ERM"]
-    rows = []
-    for algorithm in [a for a in (order or ALGORITHMS) if a in summary]:
-        row = summary[algorithm]
-        envs = [cell(row["test_env"][e]) if e in row["test_env"] else "-" for e in range(len(env_names))]
-        vs, p = "", ""
-        c = row.get("vs_erm")
-        if c is not None:
-            vs = f"{100 * c['mean']:+.1f}" + (f" [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
-                                              if c["n"] > 1 else "")
-            p = f"{c['p_holm']:.3f}{' *' if c['p_holm'] < 0.05 else ''}" if c["n"] > 1 else ""
-        trials = min(v["n"] for v in row["test_env"].values())
-        rows.append([algorithm, *envs, cell(row["average"]), vs, p, f"{row.get('selected_step', 0):.0f}",
-                     str(trials), f"{row['images_per_step']:.0f}", f"{row['seconds_per_step']:.3f}",
-                     f"{row['seconds_vs_erm']:.2f}" if row["seconds_vs_erm"] else ""])
-    widths = [max(len(r[k]) for r in [header] + rows) for k in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    selected = {"IIDAccuracySelectionMethod": "training-domain validation (the checkpoint with the best mean "
-                                              "accuracy on the training envs' validation splits)",
-                "OracleSelectionMethod": "test-domain validation, the oracle (the last checkpoint; among hparams "
-                                         "sets, the best on the test env's validation split)"}[selection]
-    lines.append(f"Test-env accuracy (%), model selection: {selected}; mean +/- standard error over trials; Avg: "
-                 "per trial over test envs. vs ERM: difference of Avg paired by trial seed, with its 95% "
-                 "t-interval (n - 1 degrees of freedom); p: paired t-test, Holm-corrected over the table's "
-                 "comparisons with ERM, * below 0.05. step: median selected checkpoint. img/step: images through "
-                 "the network per step; s/step: measured (both over every run of the row); x ERM: relative to "
-                 "ERM's."
-                 + (f" Protocol: {protocol}" if protocol else ""))
-    return "\n".join(lines)
-
-
-def bar_chart(accuracies, env_names, path):
-    """Grouped bars: one group per test env, one bar per algorithm, with standard-error whiskers."""
-    from PIL import Image, ImageDraw
-    colors = [(110, 110, 110), (60, 120, 200), (230, 140, 40), (240, 190, 60), (80, 170, 90), (160, 90, 190),
-              (210, 70, 70)]
-    algorithms = [a for a in ALGORITHMS if a in accuracies]
-    groups = list(range(len(env_names))) + ["avg"]
-    bar, gap, left, top, height = 14, 24, 60, 40, 300
-    width = left + len(groups) * (len(algorithms) * bar + gap) + 200
-    image = Image.new("RGB", (width, top + height + 60), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 8), "DigitStyles: test-env accuracy (training-domain validation), mean and standard error; "
-                         "(Nx): seconds per step relative to ERM", fill="black")
-    for tick in range(0, 101, 20):
-        y = top + height - tick * height / 100
-        draw.line([(left - 4, y), (width - 200, y)], fill=(225, 225, 225))
-        draw.text((left - 30, y - 6), f"{tick}%", fill="black")
-    for g, env in enumerate(groups):
-        x0 = left + g * (len(algorithms) * bar + gap) + gap // 2
-        label = "average" if env == "avg" else env_names[env]
-        draw.text((x0, top + height + 8), label, fill="black")
-        for k, algorithm in enumerate(algorithms):
-            row = accuracies[algorithm]
-            value = row["average"] if env == "avg" else row["test_env"].get(env)
-            if value is None:
-                continue
-            mean, sem = value["mean"], (value["sem"] if value["sem"] == value["sem"] else 0.0)
-            x = x0 + k * bar
-            y = top + height - mean * height
-            draw.rectangle([x, y, x + bar - 2, top + height], fill=colors[k % len(colors)])
-            if sem > 0:
-                draw.line([(x + bar // 2 - 1, y - sem * height), (x + bar // 2 - 1, y + sem * height)], fill="black")
-    for k, algorithm in enumerate(algorithms):
-        y = top + 10 + 16 * k
-        draw.rectangle([width - 190, y, width - 180, y + 10], fill=colors[k % len(colors)])
-        cost = accuracies[algorithm].get("seconds_vs_erm")
-        draw.text((width - 174, y - 1), f"{algorithm}" + (f" ({cost:.1f}x)" if cost else ""), fill="black")
-    image.save(path)
-    return path
+def title(profile):
+    """The prefix of every table, caption and plot title of a quick run: its numbers are not a result."""
+    if profile.get("quick"):
+        return f"QUICK: {profile['trials']} trial(s), {profile['steps']} steps, not a result."
+    return ""
 
 
 # What each control reads (the ablation table): (row, control), each difference paired by trial seed.
@@ -282,27 +118,26 @@ READINGS = (
 )
 
 
-def contrasts_table(pairs, title):
-    """``[(label, paired(...))]`` as a table: the paired difference, its 95% t-interval and Holm-corrected p."""
-    adjusted = statistics.holm([c["p"] for _, c in pairs])
-    lines = [title]
-    for (label, c), p in zip(pairs, adjusted):
-        interval = f" [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]" if c["n"] > 1 else ""
-        lines.append(f"  {label:<40} {100 * c['mean']:+6.1f}{interval:<17} p (Holm) {p:.3f}"
-                     f"{' *' if p < 0.05 else ''}  n={c['n']}")
-    return "\n".join(lines)
+def contrasts_table(pairs, heading):
+    """``[(label, paired(...))]`` as lines: the paired difference, its 95% t-interval and Holm-corrected p, Holm
+    over these comparisons alone."""
+    family = [dict(c, row=label, other="", p_holm=p)
+              for (label, c), p in zip(pairs, results.holm([c["p"] for _, c in pairs]))]
+    return "\n".join([heading, *results.tables.contrast_lines(family)])
 
 
-def readings(summary, pairs=READINGS):
-    return [(f"{a} - {b}", statistics.paired(summary[a]["average_per_trial"], summary[b]["average_per_trial"]))
-            for a, b in pairs if a in summary and b in summary]
+def readings(table, pairs=READINGS):
+    """Each row of a table against its control, paired by trial seed."""
+    rows = {r["row"]: r["per_trial"] for r in table["rows"]}
+    return [(f"{a} - {b}", results.paired(rows[a], rows[b])) for a, b in pairs if a in rows and b in rows]
 
 
 def generator_effect(default, all_styles):
     """Each row with the all-styles generator minus the same row with the per-test-env ones, paired by trial."""
-    return [(f"{a}: all-styles - per-test-env", statistics.paired(all_styles[a]["average_per_trial"],
-                                                                   default[a]["average_per_trial"]))
-            for a in ALGORITHMS if a != "ERM" and a in default and a in all_styles]
+    mine = {r["row"]: r["per_trial"] for r in default["rows"]}
+    theirs = {r["row"]: r["per_trial"] for r in all_styles["rows"]}
+    return [(f"{a}: all-styles - per-test-env", results.paired(theirs[a], mine[a]))
+            for a in ALGORITHMS if a != "ERM" and a in mine and a in theirs]
 
 
 def sweep(common, env):
@@ -331,15 +166,23 @@ def stale_runs(sweep_dir):
     return stale
 
 
-def tables(sources, env_names, order, profile):
-    """Both selections' tables and summaries of records from ``sources`` (folders, or (folder, algorithms))."""
-    out, text = {}, []
-    records = load_records(sources)  # read once for both selections
-    for selection in SELECTIONS:
-        summary = summarize(sources, selection, records=records)
-        out[selection] = summary
-        text.append(results_table(summary, env_names, selection, order, protocol(profile)))
-    return out, text
+def tables(sources, order, profile, folder):
+    """Every selection's table of the runs in ``sources`` (folders, or (folder, algorithms)), each row paired with
+    ERM, Holm over each table's comparisons; written with the tidy per-run file and the plots under ``folder``.
+    Returns ``(tables by selection, text)``."""
+    from domainbed_diffusion.results import cli
+    tidy = results.load(sources, order=order, warn=lambda line: print(line, file=sys.stderr))
+    analysed, texts = cli.report(tidy, "ERM", "table", title=title(profile))
+    text = texts["text"] + f"\nProtocol: {protocol(profile)}"
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.md"), "w") as f:
+        f.write(texts["markdown"] + "\n")
+    results.write_tidy(tidy, os.path.join(folder, "runs.json"))
+    by_selection = {t["selection"]: t for t in analysed}
+    results.plots.accuracy(by_selection["training"], os.path.join(folder, "accuracy.png"), "ERM", title(profile))
+    results.plots.forest([by_selection["training"], by_selection["oracle"]], os.path.join(folder, "forest.png"),
+                         "ERM", title(profile))
+    return by_selection, text
 
 
 def main(argv=None):
@@ -417,21 +260,16 @@ def main(argv=None):
     sweep(sweep_args(data_dir, sweep_dir, profile, algorithms, profile["synthetic"]), env)
 
     step("6/6 results")
-    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
-                            env=env, check=True, capture_output=True, text=True)
-    summaries, text = tables(sweep_dir, digitstyles.DOMAINS, ALGORITHMS, profile)
-    print(result.stdout)
-    print("\n\n".join(text))
+    summaries, text = tables(sweep_dir, ALGORITHMS, profile, out)
+    print(text)
     with open(os.path.join(out, "results.txt"), "w") as f:
-        f.write(result.stdout + "\n" + "\n\n".join(text) + "\n")
-    with open(os.path.join(out, "accuracies.json"), "w") as f:
-        json.dump(summaries, f, indent=1)
-    headline = summaries[SELECTIONS[0]]
-    chart = bar_chart(headline, digitstyles.DOMAINS, os.path.join(out, "accuracy.png"))
-    print(f"wrote {os.path.join(out, 'results.txt')}, {chart} and {os.path.join(out, 'preview.png')}")
+        f.write(text + "\n")
+    print(f"wrote {os.path.join(out, 'results.txt')} (and .md), runs.json, accuracy.png, forest.png and "
+          f"{os.path.join(out, 'preview.png')}")
     print(f"main job finished in {(time.time() - start) / 60:.1f} min")
     if args.ablation:
-        return ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, env, headline)
+        return ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, env,
+                        summaries["training"])
     return 0
 
 
@@ -467,23 +305,22 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
 
     step("ablation 3/3 tables")
     order = ["ERM", *catalogue.controls(), *ALGORITHMS[1:]]
-    controls, text = tables([controls_dir, sweep_dir], digitstyles.DOMAINS, order, profile)
-    text.append(contrasts_table(readings(controls[SELECTIONS[0]]),
-                                "Each row against its control (training-domain validation), paired by trial seed; "
-                                "Holm over these comparisons:"))
-    all_styles, more = tables([all_styles_dir, (sweep_dir, ["ERM"])], digitstyles.DOMAINS, ALGORITHMS, profile)
-    text += ["With the all-styles generator (it saw every test style; UNSAFE_generator_saw_test_env):", *more]
-    text.append(contrasts_table(generator_effect(headline, all_styles[SELECTIONS[0]]),
+    controls, text = tables([controls_dir, sweep_dir], order, profile, os.path.join(folder, "controls"))
+    text = [text, contrasts_table(readings(controls["training"]),
+                                  "Each row against its control (training-domain validation), paired by trial seed; "
+                                  "Holm over these comparisons:")]
+    all_styles, more = tables([all_styles_dir, (sweep_dir, ["ERM"])], ALGORITHMS, profile,
+                              os.path.join(folder, "all-styles"))
+    text += ["With the all-styles generator (it saw every test style; UNSAFE_generator_saw_test_env):", more]
+    text.append(contrasts_table(generator_effect(headline, all_styles["training"]),
                                 "The part of each row owed to a generator that saw the test style (training-domain "
                                 "validation), paired by trial seed; Holm over these comparisons:"))
     print("\n\n".join(text))
     with open(os.path.join(folder, "ablation.txt"), "w") as f:
         f.write("\n\n".join(text) + "\n")
-    with open(os.path.join(folder, "ablation.json"), "w") as f:
-        json.dump(dict(controls=controls, all_styles=all_styles), f, indent=1)
-    print(f"wrote {os.path.join(folder, 'ablation.txt')}; ablation finished in {(time.time() - start) / 60:.1f} min")
+    print(f"wrote {os.path.join(folder, 'ablation.txt')} (runs.json and plots under controls/ and all-styles/); "
+          f"ablation finished in {(time.time() - start) / 60:.1f} min")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

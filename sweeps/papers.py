@@ -9,7 +9,8 @@ For one of PACS, VLCS, OfficeHome, TerraIncognita, DomainNet it runs (or with --
    processes with torchrun (or as a SLURM job array with ``--launcher slurm``);
 2. a stock DomainBed sweep of ERM, MIRO and the five methods with a ResNet-50 over every test env, 3 trials,
    the registry's paper defaults (``--n_hparams 1``) or DomainBed's random search (``--n_hparams 20``);
-3. stock collect_results.
+3. stock collect_results, then the results command (``python -m domainbed_diffusion.results``): every row paired
+   with ERM by trial seed, Holm-corrected, cost columns, plots and the tidy per-run file in ``<output_dir>/results``.
 
 Backbone for every algorithm: torchvision's ImageNet ResNet-50 with frozen BatchNorm statistics (MIRO's recipe,
 ``resnet50_augmix=false, freeze_bn=true``), so the rows differ only by algorithm. RegNetY-16GF (SWAG) rows of
@@ -48,7 +49,9 @@ def commands(args):
              "--algorithms", *ALGORITHMS, "--data_dir", args.data_dir, "--output_dir", sweep_dir,
              "--command_launcher", args.launcher, "--n_trials", str(TRIALS), "--n_hparams", str(args.n_hparams),
              "--single_test_envs", "--skip_confirmation", "--hparams", json.dumps(BACKBONE)]
-    collect = [sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir]
+    collect = [[sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir],
+               [sys.executable, "-m", "domainbed_diffusion.results", "--input_dir", sweep_dir, "--output_dir",
+                os.path.join(args.output_dir, "results", args.dataset)]]
     return gen, sweep, collect
 
 
@@ -64,7 +67,7 @@ def main(argv=None):
     parser.add_argument("--print", action="store_true", help="print the commands instead of running them")
     args = parser.parse_args(argv)
     gen, sweep, collect = commands(args)
-    stages = ([] if args.skip_generation else [gen]) + [[sweep], [collect]]
+    stages = ([] if args.skip_generation else [gen]) + [[sweep], collect]
     for stage in stages:
         for command in stage:
             print(" ".join(shlex.quote(c) for c in command), flush=True)

@@ -702,8 +702,7 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
 @needs_install
 def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_results(tmp_path):
     """``--n_hparams 2`` on Debug28 (local launcher): two hparams sets per (algorithm, test env), which DomainBed's
-    training-domain validation and our summary choose between alike."""
-    import importlib.util
+    training-domain validation and the results command choose between alike."""
     sweep_dir = str(tmp_path / "sweep")
     result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28", "--algorithms", "ERM", "MIRO",
                   "--data_dir", str(tmp_path), "--output_dir", sweep_dir, "--command_launcher", "local",
@@ -721,14 +720,13 @@ def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_result
         assert all(runs[e, 0]["lr"] != runs[e, 1]["lr"] for e, _ in runs)
     result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
     assert result.returncode == 0 and "MIRO" in result.stdout, result.stderr[-3000:]
-    spec = importlib.util.spec_from_file_location("main_job", os.path.join(REPO, "sweeps", "main_job.py"))
-    main_job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main_job)
-    summary = main_job.summarize(sweep_dir)
+    from domainbed_diffusion import results
+    tidy = results.load(sweep_dir, selections=("training",))
+    chosen = {(c["row"], c["test_env"]): c for c in tidy["choices"]}
+    assert all(len({r["hparams_seed"] for r in tidy["runs"] if r["row"] == a and r["test_envs"] == [e]}) == 2
+               for a, e in chosen)
     for group in reporting.get_grouped_records(records):
         best = model_selection.IIDAccuracySelectionMethod.hparams_accs(group["records"])[0][1][0]["args"]
-        row = summary[group["algorithm"]]
-        assert row["hparams_sets"] == 2
-        assert row["selected"][group["test_env"]][0]["hparams_seed"] == best["hparams_seed"]
-        assert row["per_run"][group["test_env"]][0] == model_selection.IIDAccuracySelectionMethod.sweep_acc(
-            group["records"])
+        choice = chosen[group["algorithm"], group["test_env"]]
+        assert choice["hparams_seed"] == best["hparams_seed"]
+        assert choice["test_acc"] == model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])

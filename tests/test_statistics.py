@@ -4,7 +4,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from domainbed_diffusion.statistics import compare_to, holm, paired
+from domainbed_diffusion.results.comparisons import compare_to, holm, paired
 
 
 def test_paired_interval_and_p_value_agree_with_scipy():

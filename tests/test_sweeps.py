@@ -1,4 +1,5 @@
-"""The sweep scripts' own logic: the papers' commands and the main job's table arithmetic."""
+"""The sweep scripts' own logic: the papers' commands, the main job's tables (through the results command's
+library) and its readings."""
 import importlib.util
 import math
 import os
@@ -23,34 +24,38 @@ def test_papers_generation_fits_the_trials_the_sweep_runs():
         assert command[command.index("--trial_seeds") + 1:] == [str(t) for t in range(trials)]
 
 
-def row(accuracies_per_trial, seconds, images=24):
-    main = load("main_job")
-    per_env = {e: main._mean_sem(v) for e, v in enumerate(zip(*accuracies_per_trial))}
-    per_trial = {t: sum(v) / len(v) for t, v in enumerate(accuracies_per_trial)}
-    return dict(test_env=per_env, average=main._mean_sem(list(per_trial.values())), average_per_trial=per_trial,
-                images_per_step=images, seconds_per_step=seconds, seconds_vs_erm=None)
+def tidy_of(rows):
+    """Tidy results (``domainbed_diffusion.results``' per-run file) of constructed rows:
+    ``{row: (accuracies per trial per test env, seconds per step, images per step)}``, one run per choice."""
+    runs, choices = [], []
+    for name, (per_trial, seconds, images) in rows.items():
+        for trial, accs in enumerate(per_trial):
+            for env, acc in enumerate(accs):
+                runs.append(dict(dataset="D", algorithm=name, row=name, test_envs=[env], trial_seed=trial,
+                                 hparams_seed=0, images_per_step=images, seconds_per_step=seconds, mem_gb=None))
+                choices += [dict(dataset="D", row=name, algorithm=name, selection=s, test_env=env, trial_seed=trial,
+                                 hparams_seed=0, step=25, val_acc=0.5, test_acc=acc) for s in ("training", "oracle")]
+    return dict(environments={"D": ["a", "b"]}, rows=list(rows), selections=["training", "oracle"], runs=runs,
+                choices=choices)
 
 
 def test_the_table_shows_paired_differences_with_intervals_and_holm_corrected_p_values():
-    from domainbed_diffusion import statistics
-    main = load("main_job")
-    stats = main._mean_sem([0.5, 0.6, 0.7])
-    assert math.isclose(stats["mean"], 0.6) and math.isclose(stats["sem"], 0.1 / math.sqrt(3))  # ddof=1
-    erm = row([[0.40, 0.40], [0.50, 0.50], [0.60, 0.60]], 0.2)
-    # about +2 points in every trial: far below the trial-to-trial spread, yet clear once paired
-    steady = row([[0.42, 0.42], [0.515, 0.515], [0.625, 0.625]], 0.4, images=48)
-    noisy = row([[0.50, 0.50], [0.40, 0.40], [0.66, 0.66]], 0.2)
-    summary = {"ERM": erm, "EDSAM": steady, "CDGA_PG": noisy}
-    for name, c in statistics.compare_to({a: r["average_per_trial"] for a, r in summary.items()}, "ERM").items():
-        summary[name]["vs_erm"] = c
-    for r in summary.values():
-        r["seconds_vs_erm"] = r["seconds_per_step"] / erm["seconds_per_step"]
-    lines = {line.split()[0]: line for line in main.results_table(summary, ["a", "b"]).splitlines()}
+    from domainbed_diffusion.results import tables
+    tidy = tidy_of({"ERM": ([[0.40, 0.40], [0.50, 0.50], [0.60, 0.60]], 0.2, 24),
+                    # about +2 points in every trial: far below the trial-to-trial spread, yet clear once paired
+                    "EDSAM": ([[0.42, 0.42], [0.515, 0.515], [0.625, 0.625]], 0.4, 48),
+                    "CDGA_PG": ([[0.50, 0.50], [0.40, 0.40], [0.66, 0.66]], 0.2, 24)})
+    training = tables.analyse(tidy, family="table")[0]
+    assert math.isclose(training["rows"][0]["envs"][0]["sem"], 0.1 / math.sqrt(3))  # ddof=1
+    lines = {line.split()[0]: line for line in tables.text(training, family="table").splitlines()}
     # d = 2.0, 1.5, 2.5 points: se 0.29, t(2) 4.30 -> [+0.8, +3.2]; p 0.020, x2 by Holm (the other p is larger)
     assert "+2.0 [+0.8, +3.2]" in lines["EDSAM"] and "0.040 *" in lines["EDSAM"]
     assert lines["EDSAM"].split()[-3:] == ["48", "0.400", "2.00"]
     assert "+2.0 [" in lines["CDGA_PG"] and "*" not in lines["CDGA_PG"]
     assert lines["ERM"].split()[-3:] == ["24", "0.200", "1.00"]
+    # one family over both selection tables: each p doubles again
+    both = {(t["selection"], c["row"]): c["p_holm"] for t in tables.analyse(tidy) for c in t["comparisons"]}
+    assert len(both) == 4 and math.isclose(both["training", "EDSAM"], 2 * 0.040, abs_tol=0.002)
 
 
 def write_run(sweep_dir, algorithm, trial, hparams_seed, checkpoints):
@@ -75,40 +80,38 @@ def test_training_domain_validation_picks_an_earlier_checkpoint_and_another_hpar
     sets, the second better on validation, the first on the test env's own validation split (the oracle's)."""
     from domainbed import model_selection
     from domainbed.lib import reporting
-    main = load("main_job")
+    from domainbed_diffusion import results
     sweep = str(tmp_path / "sweep")
     for t in range(3):
         write_run(sweep, "ERM", t, 0, [(0, 0.1, 0.1, 0.1), (25, 0.9, 0.60 + t / 100, 0.6), (50, 0.8, 0.5, 0.5)])
         write_run(sweep, "EDSAM", t, 0, [(0, 0.1, 0.1, 0.1), (25, 0.6, 0.3, 0.3), (50, 0.7, 0.4, 0.9)])
         write_run(sweep, "EDSAM", t, 1, [(0, 0.1, 0.1, 0.1), (25, 0.5, 0.5, 0.5), (50, 0.95, 0.70, 0.2)])
-    iid = main.summarize(sweep, "IIDAccuracySelectionMethod")
-    assert math.isclose(iid["ERM"]["average"]["mean"], 0.61) and iid["ERM"]["selected_step"] == 25
-    assert iid["EDSAM"]["selected"][0] == {t: dict(step=50, hparams_seed=1) for t in range(3)}
-    assert math.isclose(iid["EDSAM"]["average"]["mean"], 0.70) and iid["EDSAM"]["hparams_sets"] == 2
-    oracle = main.summarize(sweep, "OracleSelectionMethod")
-    assert math.isclose(oracle["ERM"]["average"]["mean"], 0.5) and oracle["ERM"]["selected_step"] == 50
-    assert oracle["EDSAM"]["selected"][0][0] == dict(step=50, hparams_seed=0)
-    assert math.isclose(oracle["EDSAM"]["average"]["mean"], 0.4)
+    tidy = results.load(sweep, selections=("training", "oracle"))
+    chosen = {(c["selection"], c["row"], c["trial_seed"]): c for c in tidy["choices"]}
+    assert all(chosen["training", "ERM", t]["step"] == 25 for t in range(3))
+    assert all((chosen["training", "EDSAM", t]["step"], chosen["training", "EDSAM", t]["hparams_seed"]) == (50, 1)
+               for t in range(3))
+    assert all((chosen["oracle", "EDSAM", t]["step"], chosen["oracle", "EDSAM", t]["hparams_seed"]) == (50, 0)
+               for t in range(3))
+    by = {(t["selection"], r["row"]): r for t in results.analyse(tidy, family="table") for r in t["rows"]}
+    assert math.isclose(by["training", "ERM"]["envs"][0]["mean"], 0.61) and by["training", "ERM"]["step"] == 25
+    assert math.isclose(by["training", "EDSAM"]["envs"][0]["mean"], 0.70) and by["training", "EDSAM"]["hparams_sets"] == 2
+    assert math.isclose(by["oracle", "ERM"]["envs"][0]["mean"], 0.5) and by["oracle", "ERM"]["step"] == 50
+    assert math.isclose(by["oracle", "EDSAM"]["envs"][0]["mean"], 0.4)
     # the same accuracies as DomainBed's own selection (collect_results' numbers)
     for group in reporting.get_grouped_records(reporting.load_records(sweep)):
-        for summary, method in ((iid, model_selection.IIDAccuracySelectionMethod),
-                                (oracle, model_selection.OracleSelectionMethod)):
-            ours = summary[group["algorithm"]]["per_run"][0][group["trial_seed"]]
+        for name, method in (("training", model_selection.IIDAccuracySelectionMethod),
+                             ("oracle", model_selection.OracleSelectionMethod)):
+            ours = chosen[name, group["algorithm"], group["trial_seed"]]["test_acc"]
             assert math.isclose(ours, method.sweep_acc(group["records"]))
-    # paired: EDSAM beats ERM by 10, 9, 8 points under training-domain validation
-    assert math.isclose(iid["EDSAM"]["vs_erm"]["mean"], 0.09)
-    table = main.results_table(iid, ["blueprint", "ink", "neon", "sketch"], "IIDAccuracySelectionMethod",
-                               protocol=main.protocol(dict(n_hparams=1)))
-    assert "model selection: training-domain validation" in table and "no random search" in table
-    assert main.results_table(oracle, ["a", "b", "c", "d"], "OracleSelectionMethod").count("oracle") == 1
 
 
 def test_each_row_is_read_against_its_control_paired_and_holm_corrected():
     main = load("main_job")
-    summary = {name: dict(average_per_trial=dict(enumerate(values))) for name, values in (
+    table = dict(rows=[dict(row=name, per_trial=dict(enumerate(values))) for name, values in (
         ("ERM", [0.50, 0.60, 0.70]), ("ERM_RealMatched", [0.45, 0.58, 0.69]), ("Regenerated", [0.55, 0.64, 0.76]),
-        ("CDGA_PG", [0.60, 0.70, 0.80]))}
-    pairs = dict(main.readings(summary))
+        ("CDGA_PG", [0.60, 0.70, 0.80]))])
+    pairs = dict(main.readings(table))
     assert set(pairs) == {"CDGA_PG - Regenerated", "Regenerated - ERM_RealMatched", "ERM_RealMatched - ERM"}
     assert math.isclose(pairs["CDGA_PG - Regenerated"]["mean"], 0.05)
     text = main.contrasts_table(list(pairs.items()), "title")
@@ -121,13 +124,21 @@ def test_each_row_is_read_against_its_control_paired_and_holm_corrected():
 
 def test_the_generator_effect_is_each_row_with_the_all_styles_model_minus_itself_paired():
     main = load("main_job")
-    default = {"ERM": dict(average_per_trial={0: 0.5, 1: 0.6}), "EDSAM": dict(average_per_trial={0: 0.6, 1: 0.7}),
-               "MIRO": dict(average_per_trial={0: 0.6, 1: 0.6})}
-    all_styles = {"ERM": default["ERM"], "EDSAM": dict(average_per_trial={0: 0.7, 1: 0.9, 2: 0.1})}
-    effect = dict(main.generator_effect(default, all_styles))
+
+    def table(rows):
+        return dict(rows=[dict(row=name, per_trial=values) for name, values in rows.items()])
+    default = {"ERM": {0: 0.5, 1: 0.6}, "EDSAM": {0: 0.6, 1: 0.7}, "MIRO": {0: 0.6, 1: 0.6}}
+    all_styles = {"ERM": default["ERM"], "EDSAM": {0: 0.7, 1: 0.9, 2: 0.1}}
+    effect = dict(main.generator_effect(table(default), table(all_styles)))
     assert list(effect) == ["EDSAM: all-styles - per-test-env"]  # ERM is the same runs; MIRO uses no generator
     assert effect["EDSAM: all-styles - per-test-env"]["seeds"] == [0, 1]
     assert math.isclose(effect["EDSAM: all-styles - per-test-env"]["mean"], 0.15)
+
+
+def test_a_quick_runs_tables_and_plots_say_so():
+    main = load("main_job")
+    assert main.title(dict(main.PROFILES["quick"])) == "QUICK: 1 trial(s), 26 steps, not a result."
+    assert main.title(dict(main.PROFILES["full"])) == ""
 
 
 @needs_domainbed
