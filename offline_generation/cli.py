@@ -9,12 +9,14 @@ Without a subcommand it generates. Examples::
     python -m offline_generation preview --dataset DigitStyles --data_dir ./data --out preview.png
 """
 import argparse
+import os
 import shlex
 import sys
 
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.synthetic import SyntheticDataError
 
+INTERRUPTED = "interrupted: what was finished is kept; run the same command again to resume"
 SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "prepare", "train-embedded", "benchmark")
 
 
@@ -270,10 +272,14 @@ def main(argv=None):
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
                "report": report_main, "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
-    from .generate import WorkerFailed
+    from .generate import WORKER, WorkerFailed
     try:
         handler(argv)
     except (FileNotFoundError, ValueError, SyntheticDataError, WorkerFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if not os.environ.get(WORKER):  # the parent of workers speaks for them
+            print(INTERRUPTED, file=sys.stderr)
+        return 130
     return 0

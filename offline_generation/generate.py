@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -296,6 +297,23 @@ class WorkerFailed(RuntimeError):
     """A worker of ``--workers`` exited with an error; what the others finished is on disk and kept."""
 
 
+WORKER = "DOMAINBED_DIFFUSION_GENERATION_WORKER"  # set in a worker's environment: it stops without a word
+
+
+def stop_workers(procs, grace=60):
+    """Interrupt the workers as Ctrl-C would (each saves the images it holds and closes its manifests), then wait;
+    kill what is still running after ``grace`` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def worker_commands(argv, workers, num_shards=1, shard_id=0):
     """The command of each of ``workers`` processes: worker j runs shard ``shard_id + j * num_shards`` of
     ``num_shards * workers``, so together they make exactly this command's batches (b mod num_shards)."""
@@ -319,13 +337,19 @@ def run_workers(argv, args, stream=None, command=None):
     print(f"{args.workers} worker(s) of one thread each: shard(s) {shards} of {num_shards * args.workers}",
           file=stream, flush=True)
     start, procs, logs = time.time(), [], []
+    env[WORKER] = "1"
     try:
         for j, worker in enumerate(commands):
             log = None if j == 0 else tempfile.TemporaryFile(mode="w+")
+            # a session of its own: Ctrl-C reaches this process only, which stops the workers below
             procs.append(subprocess.Popen(worker, env=env if j == 0 else dict(env, TQDM_DISABLE="1"),
-                                          stdout=log, stderr=subprocess.STDOUT if log else None))
+                                          stdout=log, stderr=subprocess.STDOUT if log else None,
+                                          start_new_session=True))
             logs.append(log)
         codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        raise
     finally:
         for p in procs:
             if p.poll() is None:

@@ -396,6 +396,39 @@ def summary_text(result):
     return "\n".join(lines)
 
 
+REPORT_VERSION = 1  # part of the inputs' fingerprint: raise it when the report's arithmetic changes
+
+
+def inputs_fingerprint(args, folder, domains, methods, extractor):
+    """What a report depends on: its options, the extractor, the real images and each method's manifests (name,
+    size, modification time). A rerun whose fingerprint equals the saved report's reuses it."""
+    import hashlib
+    digest = hashlib.sha256()
+    options = dict(version=REPORT_VERSION, dataset=args.dataset, methods=methods, extractor=extractor.name,
+                   per_group=args.per_group, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
+                   seed=args.seed, no_map=args.no_map)
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    digest.update("\n".join(map(str, folder.images)).encode())
+    for method in methods:
+        for path in sorted(manifest_paths(domains.dataset_root, method)):
+            stat = os.stat(path)
+            digest.update(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _reusable(out, fingerprint, no_map):
+    """The saved report of ``out`` when it was made from the same inputs, else None."""
+    try:
+        with open(os.path.join(out, "report.json")) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    needed = ["summary.txt"] + ([] if no_map else ["map.png"])
+    if saved.get("inputs") != fingerprint or not all(os.path.exists(os.path.join(out, n)) for n in needed):
+        return None
+    return saved
+
+
 def run(args, stream=None):
     stream = stream or sys.stdout
     folder = scan(args.data_dir, args.dataset, args.dataset_dir)
@@ -415,24 +448,31 @@ def run(args, stream=None):
                                                args.random_weights)
     out = args.output or os.path.join(root, args.dataset, "report")
     os.makedirs(out, exist_ok=True)
+    fingerprint = inputs_fingerprint(args, folder, domains, methods, extractor)
+    saved = _reusable(out, fingerprint, args.no_map)
+    if saved is not None:
+        print(summary_text(saved), file=stream)
+        print(f"report unchanged: its inputs (options, real images, manifests) are those of {out}/report.json, "
+              "which is reused (delete it to recompute)", file=stream)
+        return saved
     cache = feature_extractors.FeatureCache(args.cache_dir or os.path.join(out, "feature_cache"), extractor)
     report = Report(folder, extractor, cache, args.per_group, args.trial_seed, args.holdout_fraction, args.seed,
                     stream)
     result = dict(dataset=args.dataset, extractor=extractor.name, feature_dim=extractor.dim, envs=folder.env_names,
                   per_group=args.per_group, near_copy_threshold=report.near_copy, reference=report.reference,
                   analysis_only="every classifier here is a probe for this report; no training path reads it",
-                  methods={})
+                  inputs=fingerprint, methods={})
     parts = {}
     for method in methods:
         result["methods"][method], parts[method] = report.method(domains, method)
     result["features_computed"] = cache.computed
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(result, f, indent=1)
     text = summary_text(result)
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(text + "\n")
     if not args.no_map:
         tsne_map(report.real_x, report.real_env, parts, folder.env_names, os.path.join(out, "map.png"), args.seed)
+    with open(os.path.join(out, "report.json"), "w") as f:  # last: its fingerprint vouches for the other files
+        json.dump(result, f, indent=1)
     print(text, file=stream)
     print(f"wrote {out}/report.json, summary.txt" + ("" if args.no_map else " and map.png") +
           f" ({cache.computed} images' features computed, the rest from the cache)", file=stream)

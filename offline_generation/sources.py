@@ -64,6 +64,10 @@ class DatasetFolder:
 
 def dataset_root(data_dir, dataset, dataset_dir=None):
     root = dataset_dir or os.path.join(data_dir, DATASET_DIRS.get(dataset, dataset))
+    if not os.path.isdir(root) and not dataset_dir and dataset not in DATASET_DIRS:
+        raise ValueError(f"unknown dataset {dataset!r}: not one of {', '.join(DATASET_DIRS)}, and there is no folder "
+                         f"{root}. For a dataset of your own, lay it out as {root}/<env>/<class>/<image> or pass "
+                         f"--dataset_dir <folder>.")
     if not os.path.isdir(root):
         hint = (f"python -m domainbed_diffusion.digitstyles --data_dir {data_dir}" if dataset == "DigitStyles"
                 else "DomainBed's `python -m domainbed.scripts.download --data_dir ...`, or pass --dataset_dir")

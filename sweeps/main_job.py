@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,10 +141,24 @@ def generator_effect(default, all_styles):
             for a in ALGORITHMS if a != "ERM" and a in mine and a in theirs]
 
 
+def run_stage(command, env, **kwargs):
+    """A stage's subprocess in a session of its own: Ctrl-C stops it from here (its runs are redone on the next
+    launch) and prints one line, not every process's traceback."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True, **kwargs)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+
+
 def sweep(common, env):
-    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env=env, check=True)
+    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env,
+              stdout=subprocess.DEVNULL)
+    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env)
     stale = stale_runs(common[common.index("--output_dir") + 1])
     if stale:
         print(f"WARNING: {len(stale)} finished run(s) have fewer checkpoints than DigitStyles now writes (made by an "
@@ -243,9 +258,11 @@ def main(argv=None):
 
     step("3/6 preview grids")
     if methods:
-        generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir", synthetic_root,
-                  "--methods", *methods, "--out", os.path.join(out, "preview.png"),
-                  "--rows", "3", "--variants", "6", "--size", "64"])
+        code = generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir",
+                         synthetic_root, "--methods", *methods, "--out", os.path.join(out, "preview.png"),
+                         "--rows", "3", "--variants", "6", "--size", "64"])
+        if code:
+            return code
 
     if importlib.util.find_spec("domainbed") is None:
         print(GET_DOMAINBED, file=sys.stderr)
@@ -323,4 +340,9 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        from offline_generation.cli import INTERRUPTED
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)

@@ -227,7 +227,9 @@ def test_bad_arguments_get_clear_errors(tiny_dataset, tiny_checkpoint, capsys):
     assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--envs", "nope", "--dry_run"]) == 2
     assert "--envs ['nope'] not found" in capsys.readouterr().err
     assert cli_main(["--dataset", "Missing", "--data_dir", tiny_dataset, "--dry_run"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "unknown dataset 'Missing': not one of PACS, VLCS" in capsys.readouterr().err
+    assert cli_main(["--dataset", "PACS", "--data_dir", tiny_dataset, "--dry_run"]) == 2  # known, not downloaded
+    assert "PACS does not exist; create it with DomainBed's" in capsys.readouterr().err
     assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--methods", "cdga-pg", "--dry_run"]) == 2
     assert "--domain_descriptions" in capsys.readouterr().err
     assert cli_main(["--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", str(tiny_dataset),
@@ -328,3 +330,35 @@ def test_guides_and_priors_respect_every_planned_trials_split(generated):
         assert r["params"]["validation_digest"] == splits.digest(validation[trial][r["source_env"]])
         assert r["file"].split("/")[-1].startswith(f"t{trial}_prior_")
     assert {r["params"]["trial_seed"] for r in priors} == {0, 1, 2}
+
+
+def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(tiny_checkpoint, tmp_path):
+    """SIGINT to the command while its two workers generate: exit status 130, one line and no traceback, no
+    temporary file left; the same command again finishes the job with the bytes of an uninterrupted run."""
+    import signal
+    import time
+    from offline_generation.cli import INTERRUPTED
+    data_dir = str(tmp_path / "data")
+    write_image_dataset(os.path.join(data_dir, "Tiny"), ENVS, ["cat", "dog"], per_class=12, size=(32, 32))
+    argv = ["--dataset", "Tiny", "--data_dir", data_dir, "--model", tiny_checkpoint, "--methods", "cdga-pg",
+            "--resolution", "32", "--steps", "4", "--batch_size", "4", "--domain_descriptions", DESCRIPTIONS,
+            "--trial_seeds", "0"]
+    command = [sys.executable, "-m", "offline_generation", *argv, "--output_dir", str(tmp_path / "out"),
+               "--workers", "2"]
+    proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    images = tmp_path / "out" / "Tiny"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(digests(images)) < 8:  # some images made, most not
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    made = len(digests(images))
+    assert proc.returncode == 130 and "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == INTERRUPTED and (out + err).count("interrupted") == 1
+    assert 0 < made < 144 and not [f for _, _, fs in os.walk(images) for f in fs if f.endswith(".tmp")]
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "were already done" in again.stdout and "made 0 images" not in again.stdout
+    # 72 sources, each toward the two other envs; one worker of one thread makes the same bytes as two
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "reference"), "--workers", "1"]) == 0
+    assert digests(images) == digests(tmp_path / "reference" / "Tiny") and len(digests(images)) == 144

@@ -74,7 +74,8 @@ def test_copies_score_as_copies_and_restyled_digits_as_their_new_style(digitstyl
     assert moved["sets"]["ink -> neon"]["attribution"]["neon"] >= 0.9 and moved["to_target"] >= 0.9
     assert moved["label_fidelity"] > ref - 0.15 and moved["near_copy_share"] < 0.05
     assert (out / "summary.txt").read_text().startswith("Synthetic-domain report: DigitStyles")
-    # a rerun computes no feature again
+    # a report made anew (its saved one deleted) computes no feature again: they come from the cache
+    (out / "report.json").unlink()
     assert cli_main(["report", "--dataset", "DigitStyles", "--data_dir", digitstyles_dir, "--synthetic_root",
                      synthetic, "--output", str(out), "--no_map"]) == 0
     assert json.loads((out / "report.json").read_text())["features_computed"] == 0
@@ -106,6 +107,27 @@ def test_report_runs_offline_on_a_pacs_shaped_folder_with_resnet50(pacs_like, tm
     assert all(s["n"] == 8 and "fid_warning" in s and not s["fid"] and set(s["kid"]) == set(PACS_ENVS)
                for s in sets.values())
     assert (out / "map.png").stat().st_size > 0
+
+
+def test_a_rerun_on_unchanged_inputs_reuses_the_report_and_a_changed_manifest_recomputes_it(pacs_like, tmp_path,
+                                                                                               capsys):
+    data_dir, dataset_root = pacs_like
+    out = tmp_path / "report"
+    args = ["report", "--dataset", "PACS", "--data_dir", data_dir, "--output", str(out), "--extractor", "resnet50",
+            "--random_weights", "--per_group", "4", "--no_map"]
+    assert cli_main(args) == 0
+    first = (out / "report.json").read_text()
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    assert "report unchanged" in capsys.readouterr().out and (out / "report.json").read_text() == first
+    assert cli_main(args[:-1]) == 0  # the map asked for: another report
+    assert "report unchanged" not in capsys.readouterr().out and (out / "map.png").exists()
+    manifest = next(os.path.join(dataset_root, n) for n in os.listdir(dataset_root) if n.startswith("manifest."))
+    with open(manifest, "a") as f:
+        f.write("")
+    os.utime(manifest, ns=(os.stat(manifest).st_atime_ns, os.stat(manifest).st_mtime_ns + 10 ** 9))
+    assert cli_main(args) == 0
+    assert "report unchanged" not in capsys.readouterr().out
 
 
 def test_errors_name_the_method_the_folder_and_the_fix(pacs_like, tmp_path, capsys):
