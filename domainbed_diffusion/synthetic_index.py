@@ -319,7 +319,7 @@ def open_index(dataset_root, method, build_if_missing=True, stream=None):
         if not build_if_missing or not os.access(dataset_root, os.W_OK):
             raise SyntheticDataError(f"{dataset_root}: no index of the {method} manifests matches them (missing or stale) and "
                         f"it cannot be built here. Build it with:\n    python -m offline_generation index "
-                        f"--synthetic_dir {os.path.dirname(dataset_root)} --dataset "
+                        f"--synthetic_root {os.path.dirname(dataset_root)} --dataset "
                         f"{os.path.basename(dataset_root)} --methods {method}")
         start = time.time()
         folder = build(dataset_root, method)

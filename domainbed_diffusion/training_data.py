@@ -122,7 +122,7 @@ def generator_command(ctx, method, hparams, extra=()):
     parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
              "--methods", method, "--model", model, *extra]
     if hparams.get("synthetic_root"):
-        parts += ["--output_dir", hparams["synthetic_root"]]
+        parts += ["--synthetic_root", hparams["synthetic_root"]]
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 

@@ -25,13 +25,41 @@ def _methods(names):
     return list(catalogue.methods()) if "all" in names else list(names)
 
 
-def _generation_arguments(parser):
-    g = parser.add_argument_group("data")
+# Old spellings of --synthetic_root, accepted for a while: the generator's and preview's --output_dir, index's
+# --synthetic_dir. Rewritten once in ``main`` so that workers and messages see only the new one.
+DEPRECATED = {"--output_dir": "--synthetic_root", "--synthetic_dir": "--synthetic_root"}
+
+
+def _modern(argv, command, stream=None):
+    """``argv`` with deprecated option spellings replaced, and one note per spelling replaced."""
+    out, noted = [], set()
+    for token in argv:
+        flag, eq, value = token.partition("=")
+        if flag in DEPRECATED and command in ("generate", "index", "preview"):
+            if flag not in noted:
+                print(f"note: {flag} is now {DEPRECATED[flag]} (the old spelling still works for a while)",
+                      file=stream or sys.stderr)
+                noted.add(flag)
+            token = DEPRECATED[flag] + eq + value
+        out.append(token)
+    return out
+
+
+def data_parent(data_dir_required=True):
+    """The options every subcommand that reads a dataset and its synthetic domains shares."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("data")
     g.add_argument("--dataset", required=True, help="DomainBed dataset name (PACS, OfficeHome, DigitStyles, ...)")
-    g.add_argument("--data_dir", required=True, help="DomainBed's data_dir")
+    g.add_argument("--data_dir", required=data_dir_required, default=None, help="DomainBed's data_dir")
     g.add_argument("--dataset_dir", default=None, help="the dataset's folder, if not DomainBed's default under data_dir")
+    g.add_argument("--synthetic_root", default=None,
+                   help="the synthetic domains' root, as the hparam synthetic_root (default: <data_dir>/synthetic)")
+    return parent
+
+
+def _generation_arguments(parser):
+    g = parser.add_argument_group("sources")
     g.add_argument("--envs", nargs="+", default=None, help="env folders to use (default: all)")
-    g.add_argument("--output_dir", default=None, help="synthetic root (default: <data_dir>/synthetic)")
     g.add_argument("--max_per_class", type=int, default=None,
                    help="use at most this many source images per (env, class), the first in name order")
     g = parser.add_argument_group("model")
@@ -111,7 +139,7 @@ def submit_shards(argv, args):
 
 
 def generate_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation",
+    parser = argparse.ArgumentParser(prog="python -m offline_generation", parents=[data_parent()],
                                      description="Write synthetic domains in DomainBed's folder layout.")
     _generation_arguments(parser)
     args = _finish_generation_args(parser.parse_args(argv), parser)
@@ -128,23 +156,20 @@ def generate_main(argv):
 
 
 def index_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation index",
+    parser = argparse.ArgumentParser(prog="python -m offline_generation index", parents=[data_parent(False)],
                                      description="(Re)build the columnar index runs read at start from the "
                                                  "manifests (the generator does this after every run).")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_dir", default=None, help="the synthetic root is <data_dir>/synthetic")
-    parser.add_argument("--synthetic_dir", default=None, help="the synthetic root (default <data_dir>/synthetic)")
     parser.add_argument("--methods", nargs="+", default=["all"])
     parser.add_argument("--no_verify", action="store_true", help="do not check that every recorded image is on disk")
     args = parser.parse_args(argv)
-    if not args.synthetic_dir and not args.data_dir:
-        parser.error("give --data_dir or --synthetic_dir")
+    if not args.synthetic_root and not args.data_dir:
+        parser.error("give --data_dir or --synthetic_root")
     import os
     import time
 
     from domainbed_diffusion.synthetic import default_root
     from domainbed_diffusion.synthetic_index import build, manifest_paths
-    dataset_root = os.path.join(args.synthetic_dir or default_root(args.data_dir), args.dataset)
+    dataset_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
     methods = _methods(args.methods)
     found = [m for m in methods if manifest_paths(dataset_root, m)]
     if not found:
@@ -157,12 +182,8 @@ def index_main(argv):
 
 
 def preview_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation preview",
+    parser = argparse.ArgumentParser(prog="python -m offline_generation preview", parents=[data_parent()],
                                      description="A grid PNG: source images next to their synthetic variants.")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--output_dir", default=None, help="synthetic root (default: <data_dir>/synthetic)")
     parser.add_argument("--methods", nargs="+", default=["all"])
     parser.add_argument("--rows", type=int, default=4, help="source images per method")
     parser.add_argument("--variants", type=int, default=6, help="synthetic images per source image, at most")
@@ -194,13 +215,9 @@ def samples_main(argv):
 
 def report_main(argv):
     from .features import EXTRACTORS
-    parser = argparse.ArgumentParser(prog="python -m offline_generation report",
+    parser = argparse.ArgumentParser(prog="python -m offline_generation report", parents=[data_parent()],
                                      description="Measure what the generator made: label fidelity, style "
                                                  "attribution, FID/KID, copies and diversity, a t-SNE map.")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--synthetic_root", default=None, help="default: <data_dir>/synthetic")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method with a manifest")
     parser.add_argument("--output", default=None, help="default: <synthetic_root>/<dataset>/report")
     parser.add_argument("--per_group", type=int, default=50,
@@ -270,6 +287,7 @@ def benchmark_main(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
+    argv = _modern(argv, command)
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
                "report": report_main, "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     from .generate import WORKER, WorkerFailed

@@ -120,6 +120,14 @@ def record_of(item, dataset, model_id, model_trained_on=None):
                 model_trained_on=model_trained_on)
 
 
+def skip_reason(item):
+    """Why an item of a batch was not made: an item made from one source image lost it (unreadable, named in the
+    warning above); one sampled from a domain's prior (latent-prior) found no candidate within the tolerance."""
+    if item.source is not None:
+        return f"source image unreadable: {item.source}"
+    return "no accepted candidate within the tolerance (latent-prior's rejection sampling)"
+
+
 def skips_name(method, shard_id, num_shards):
     return manifest_name(method, shard_id, num_shards).replace("manifest.", "skipped.", 1)
 
@@ -207,7 +215,7 @@ def run(args, stream=None):
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"--shard_id {shard_id} is outside 0..{num_shards - 1}")
     embedded = (args.model or EMBEDDED).startswith(EMBEDDED)
-    out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
+    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
     jobs = [(g, {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id, g) for m in args.methods})
             for g in generators(args.model, args.dataset, folder.env_names)]  # any env can be a test env
     if args.dry_run:
@@ -258,7 +266,7 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     skips = ManifestWriter(os.path.join(out_root, skips_name(method, shard_id, num_shards)))
     writer = Writer(out_root, manifest, skips)
     writer.start()
-    start, made, already = time.time(), 0, 0
+    start, made, already, skipped = time.time(), 0, 0, 0
     tag = getattr(runner.cfg, "model_tag", None)
     desc = method if tag is None else f"{method} {tag}"
     desc = desc if num_shards == 1 else f"{desc} [shard {shard_id + 1}/{num_shards}]"
@@ -272,8 +280,9 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
                 continue
             results = runner.run(model, batch, folder, report)
             produced = {item.file for item, _ in results}
-            skipped_items = [{"file": it.file, "reason": "source unreadable or no accepted candidate"}
+            skipped_items = [{"file": it.file, "reason": skip_reason(it)}
                              for u in batch for it in u.items if it.file not in produced]
+            skipped += len(skipped_items)
             records = [record_of(item, folder.name, model.model_id, model_trained_on) for item, _ in results]
             writer.put((results, records, skipped_items))
             made += len(results)
@@ -285,8 +294,9 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
         skips.close()
     elapsed = time.time() - start
     rate = made / elapsed if elapsed > 0 else 0.0
-    print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); "
-          f"{already} were already done; output {out_root}", file=stream)
+    print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); {already} were already done"
+          + (f"; {skipped} skipped (reasons in {skips_name(method, shard_id, num_shards)})" if skipped else "")
+          + f"; output {out_root}", file=stream)
     build_index(out_root, method)
     if infos:
         print("\n".join(infos), file=stream)
@@ -366,7 +376,7 @@ def run_workers(argv, args, stream=None, command=None):
                            f"(exit status {codes[failed[0]]}; output above). Finished images are kept: fix the "
                            f"cause and rerun the same command, it resumes: python -m offline_generation "
                            f"{shlex.join(command or argv)}")
-    out_root = os.path.join(args.output_dir or default_root(args.data_dir), args.dataset)
+    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
     for method in args.methods:  # the workers built theirs as each finished; this one sees every shard's records
         if manifest_paths(out_root, method):
             build_index(out_root, method)

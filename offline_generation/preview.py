@@ -52,7 +52,7 @@ def _made_by(file):
 
 def preview(args, stream=None):
     """Write the grid PNG for ``args.methods``; returns its path."""
-    root = args.output_dir or default_root(args.data_dir)
+    root = args.synthetic_root or default_root(args.data_dir)
     domains = SyntheticDomains(root, args.dataset)
     real_root = dataset_root(args.data_dir, args.dataset, args.dataset_dir)
     tile, pad = args.size, 4

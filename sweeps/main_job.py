@@ -246,7 +246,7 @@ def main(argv=None):
 
     def generation(methods, model, synthetic, num_samples=profile["edsam_m"]):
         return generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
-                         "--output_dir", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
+                         "--synthetic_root", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
                          "--batch_size", "64", "--workers", str(workers),
                          "--trial_seeds", *map(str, range(profile["trials"])), "--model", model,
                          *profile["generation"]])
@@ -258,7 +258,7 @@ def main(argv=None):
 
     step("3/6 preview grids")
     if methods:
-        code = generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--output_dir",
+        code = generate(["preview", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
                          synthetic_root, "--methods", *methods, "--out", os.path.join(out, "preview.png"),
                          "--rows", "3", "--variants", "6", "--size", "64"])
         if code:

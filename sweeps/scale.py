@@ -199,7 +199,7 @@ def child_generator(data_dir, out_dir, methods):
     checks each as a resume does)."""
     from offline_generation.cli import main
     start = time.perf_counter()
-    argv = ["--dataset", "DomainNet", "--data_dir", data_dir, "--methods", *methods, "--dry_run", "--output_dir",
+    argv = ["--dataset", "DomainNet", "--data_dir", data_dir, "--methods", *methods, "--dry_run", "--synthetic_root",
             out_dir, "--num_samples", "10", "--model", "sim", "--batch_size", "64"]
     with open(os.devnull, "w") as devnull:
         stdout, sys.stdout = sys.stdout, devnull

@@ -234,7 +234,7 @@ def test_stock_train_script_runs_use_the_model_without_their_test_style(syntheti
     all_styles = str(tmp_path / "all-styles")
     from offline_generation.cli import main
     assert main(["--dataset", "DigitStyles", "--data_dir", synthetic_digitstyles, "--methods", "edsam",
-                 "--max_per_class", "2", "--num_samples", "2", "--model", "embedded-all-styles", "--output_dir",
+                 "--max_per_class", "2", "--num_samples", "2", "--model", "embedded-all-styles", "--synthetic_root",
                  all_styles]) == 0
     for opt_in in (False, True):
         hparams = dict(hparams_registry.default_hparams("EDSAM", "DigitStyles"), synthetic_root=all_styles,
@@ -490,7 +490,7 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
             "--model", "embedded-all-styles"]
 
     def made(name):
-        assert main(args + ["--output_dir", str(tmp_path / name)]) == 0
+        assert main(args + ["--synthetic_root", str(tmp_path / name)]) == 0
         out = {}
         for record in read_manifests(str(tmp_path / name / "DigitStyles"), "latent-prior"):
             assert record["params"]["trial_seed"] == 0

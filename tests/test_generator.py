@@ -75,7 +75,7 @@ def test_every_method_writes_domainbed_layout_with_a_record_per_image(generated)
 def test_images_do_not_depend_on_the_batch_they_were_made_in(generated, tiny_checkpoint, tmp_path):
     """Another batch size gives the same images up to float rounding (seeds come from image paths)."""
     root = os.path.join(generated, "synthetic", "Tiny")
-    generate(generated, tiny_checkpoint, "--output_dir", str(tmp_path / "other"), "--batch_size", "3",
+    generate(generated, tiny_checkpoint, "--synthetic_root", str(tmp_path / "other"), "--batch_size", "3",
              methods=("cdga-pg", "edsam"))
     ours = digests(str(tmp_path / "other" / "Tiny"))
     assert len(ours) == 72
@@ -103,9 +103,9 @@ def test_rerun_skips_everything_and_resumed_files_are_byte_identical(generated, 
 
 def test_shards_cover_every_image_exactly_once(tiny_dataset, tiny_checkpoint, tmp_path):
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", whole, methods=("cdga-pg",))
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", whole, methods=("cdga-pg",))
     for k in range(3):
-        generate(tiny_dataset, tiny_checkpoint, "--output_dir", parts, "--num_shards", "3", "--shard_id", str(k),
+        generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", parts, "--num_shards", "3", "--shard_id", str(k),
                  methods=("cdga-pg",))
     files = []
     for name in os.listdir(os.path.join(parts, "Tiny")):
@@ -120,9 +120,9 @@ def test_latent_prior_bandwidth_is_one_per_domain_whatever_the_shard(tiny_datase
     """The paper's B_eta is one per unseen domain: every (trial, env) group shares it, and shards that each make
     some of a domain's groups estimate the same value, so their images equal an unsharded run's."""
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", whole, "--trial_seeds", "0", methods=("latent-prior",))
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", whole, "--trial_seeds", "0", methods=("latent-prior",))
     for k in range(2):
-        generate(tiny_dataset, tiny_checkpoint, "--output_dir", parts, "--trial_seeds", "0", "--num_shards", "2",
+        generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", parts, "--trial_seeds", "0", "--num_shards", "2",
                  "--shard_id", str(k), methods=("latent-prior",))
     assert digests(os.path.join(parts, "Tiny")) == digests(os.path.join(whole, "Tiny"))
     records = read_manifests(os.path.join(whole, "Tiny"))
@@ -161,13 +161,18 @@ def test_real_world_files_are_read_or_reported(tiny_dataset, tiny_checkpoint, tm
         f.write(b"not an image")
     os.makedirs(os.path.join(tiny_dataset, "Tiny", "env_c", "bird"))  # an empty class folder
     out_dir = str(tmp_path / "out")
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", out_dir, methods=("edsam",))
-    err = capsys.readouterr().err
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", out_dir, methods=("edsam",))
+    captured = capsys.readouterr()
+    err = captured.err
     assert "broken.jpg" in err and "unreadable" in err and "empty class folder" in err
+    name = "skipped.edsam.shard-00000-of-00001.jsonl"
+    assert f"; 2 skipped (reasons in {name})" in captured.out  # the two samples of the broken image
+    with open(os.path.join(out_dir, "Tiny", name)) as f:
+        assert {json.loads(line)["reason"] for line in f} == {"source image unreadable: env_b/cat/broken.jpg"}
     records = read_manifests(os.path.join(out_dir, "Tiny"), "edsam")
     sources = {os.path.basename(r["source"]) for r in records}
     assert {"gray.png", "rgba.png", "cmyk.jpg", "deep.png"} <= sources and "broken.jpg" not in sources
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", out_dir, methods=("edsam",))  # skipped, not retried
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", out_dir, methods=("edsam",))  # skipped, not retried
     assert "made 0 images" in capsys.readouterr().out
 
 
@@ -265,7 +270,7 @@ def test_torchrun_two_processes_split_the_work(tiny_dataset, tiny_checkpoint, tm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "offline_generation", "--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", tiny_checkpoint,
            "--methods", "cdga-pg", "--resolution", "32", "--steps", "4", "--batch_size", "4",
-           "--domain_descriptions", DESCRIPTIONS, "--output_dir", out]
+           "--domain_descriptions", DESCRIPTIONS, "--synthetic_root", out]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     manifests = sorted(n for n in os.listdir(os.path.join(out, "Tiny")) if n.startswith("manifest."))
@@ -279,9 +284,9 @@ def test_workers_make_the_same_bytes_whatever_their_number(tiny_dataset, tiny_ch
     one, each image once, and the index the parent builds holds every shard's records."""
     methods = ("cdga-pg", "latent-prior")
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", one, "--workers", "1", "--trial_seeds", "0",
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", one, "--workers", "1", "--trial_seeds", "0",
              methods=methods)
-    generate(tiny_dataset, tiny_checkpoint, "--output_dir", two, "--workers", "2", "--trial_seeds", "0",
+    generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", two, "--workers", "2", "--trial_seeds", "0",
              methods=methods)
     out = capsys.readouterr().out
     assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "-- worker 2 of 2 --" in out
@@ -307,7 +312,7 @@ def test_workers_split_this_commands_shard_only():
 
 def test_a_failing_worker_is_an_error_that_says_how_to_resume(tiny_dataset, tmp_path, capsys):
     argv = ["--dataset", "Tiny", "--data_dir", tiny_dataset, "--model", str(tmp_path / "no-model"),
-            "--methods", "cdga-pg", "--output_dir", str(tmp_path / "out"), "--workers", "2"]
+            "--methods", "cdga-pg", "--synthetic_root", str(tmp_path / "out"), "--workers", "2"]
     assert cli_main(argv) == 2
     captured = capsys.readouterr()
     assert "worker(s) 1, 2 of 2 failed" in captured.err and "rerun the same command, it resumes" in captured.err
@@ -343,7 +348,7 @@ def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(
     argv = ["--dataset", "Tiny", "--data_dir", data_dir, "--model", tiny_checkpoint, "--methods", "cdga-pg",
             "--resolution", "32", "--steps", "4", "--batch_size", "4", "--domain_descriptions", DESCRIPTIONS,
             "--trial_seeds", "0"]
-    command = [sys.executable, "-m", "offline_generation", *argv, "--output_dir", str(tmp_path / "out"),
+    command = [sys.executable, "-m", "offline_generation", *argv, "--synthetic_root", str(tmp_path / "out"),
                "--workers", "2"]
     proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     images = tmp_path / "out" / "Tiny"
@@ -360,5 +365,5 @@ def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(
     assert again.returncode == 0, again.stderr[-2000:]
     assert "were already done" in again.stdout and "made 0 images" not in again.stdout
     # 72 sources, each toward the two other envs; one worker of one thread makes the same bytes as two
-    assert cli_main([*argv, "--output_dir", str(tmp_path / "reference"), "--workers", "1"]) == 0
+    assert cli_main([*argv, "--synthetic_root", str(tmp_path / "reference"), "--workers", "1"]) == 0
     assert digests(images) == digests(tmp_path / "reference" / "Tiny") and len(digests(images)) == 144

@@ -84,7 +84,7 @@ def test_gsd_forward_mode_derivative_in_half_precision(dtype, pixels):
 
 
 def generate(data_dir, out, *extra, methods=("cdga-pg", "edsam")):
-    argv = ["--dataset", "Tiny", "--data_dir", data_dir, "--output_dir", out, "--model", "embedded",
+    argv = ["--dataset", "Tiny", "--data_dir", data_dir, "--synthetic_root", out, "--model", "embedded",
             "--methods", *methods, "--num_samples", "1", "--batch_size", "5",
             "--domain_descriptions", '{"a": "neon glow", "b": "ink", "c": "pencil"}', *extra]
     assert cli_main(argv) == 0

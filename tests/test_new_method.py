@@ -76,7 +76,7 @@ def toy_method():
 
 def generate(data_dir, out):
     from offline_generation.cli import main
-    assert main(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", METHOD, "--output_dir", out,
+    assert main(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", METHOD, "--synthetic_root", out,
                  "--max_per_class", "2", "--batch_size", "16"]) == 0
     with open(os.path.join(out, "DigitStyles", f"manifest.{METHOD}.shard-00000-of-00001.jsonl")) as f:
         return [json.loads(line) for line in f]

@@ -91,20 +91,21 @@ def test_a_changed_manifest_is_never_read_through_a_stale_index(synthetic_root):
 
 def test_a_missing_index_in_a_read_only_folder_names_the_command(synthetic_root, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    with pytest.raises(SyntheticDataError, match="python -m offline_generation index --synthetic_dir"):
+    with pytest.raises(SyntheticDataError, match="python -m offline_generation index --synthetic_root"):
         SyntheticDomains(synthetic_root, "Tiny").index("cdga-ig")
 
 
 def test_the_index_command_builds_and_verifies(synthetic_root, capsys):
     from offline_generation.cli import main
-    assert main(["index", "--synthetic_dir", synthetic_root, "--dataset", "Tiny"]) == 0
+    assert main(["index", "--synthetic_root", synthetic_root, "--dataset", "Tiny"]) == 0
     assert "cdga-ig: " in capsys.readouterr().out
     root = os.path.join(synthetic_root, "Tiny")
     victim = make_records()[5]["file"]
     os.remove(os.path.join(root, victim))
     write(root, [dict(make_records()[0], sample=1)])  # any change forces a new build, which verifies
-    assert main(["index", "--synthetic_dir", synthetic_root, "--dataset", "Tiny"]) == 2
-    assert "not on disk" in capsys.readouterr().err and victim in json.dumps(victim)
+    assert main(["index", "--synthetic_dir", synthetic_root, "--dataset", "Tiny"]) == 2  # the old spelling works
+    err = capsys.readouterr().err
+    assert "note: --synthetic_dir is now --synthetic_root" in err and "not on disk" in err and victim in json.dumps(victim)
 
 
 def test_selection_is_leak_free_and_a_vanished_file_is_named_when_loaded(synthetic_root):
