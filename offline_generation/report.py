@@ -325,10 +325,12 @@ def _open(domains, method):
         raise SyntheticDataError(f"report: {error}") from None
 
 
-def tsne_map(real_x, real_env, parts, envs, path, seed=0, per_env=200, per_method=300):
-    """One t-SNE (scikit-learn) of real and synthetic features, one panel per method: real images as dots,
-    the method's as crosses, coloured by env (synthetic: its target env)."""
-    from PIL import Image, ImageDraw
+def tsne_map(real_x, real_env, parts, envs, path, seed=0, per_env=200, per_method=300, extractor=""):
+    """One t-SNE (scikit-learn) of real and synthetic features, drawn with matplotlib: one panel per method, real
+    images as dots and the method's as crosses, coloured by env (synthetic: its target env)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
     rng = np.random.RandomState(seed)
     take = lambda n, k: np.sort(rng.permutation(n)[:k])  # noqa: E731
@@ -340,34 +342,30 @@ def tsne_map(real_x, real_env, parts, envs, path, seed=0, per_env=200, per_metho
         return None
     xy = TSNE(n_components=2, init="pca", random_state=seed,
               perplexity=min(30.0, (len(points) - 1) / 3)).fit_transform(points.astype(np.float64))
-    xy = (xy - xy.min(0)) / np.maximum(xy.max(0) - xy.min(0), 1e-9)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127)]
-    panel, margin = 320, 24
-    image = Image.new("RGB", (max(1, len(parts)) * (panel + margin) + margin, panel + 3 * margin + 16 * len(envs)),
-                      "white")
-    draw = ImageDraw.Draw(image)
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(3.6 * max(1, len(parts)) + 1.5, 4.2), squeeze=False)
     real_xy, offset = xy[:len(real_rows)], len(real_rows)
-    for p, method in enumerate(parts):
-        x0 = margin + p * (panel + margin)
-        draw.rectangle([x0, margin, x0 + panel, margin + panel], outline=(200, 200, 200))
-        draw.text((x0, 6), f"{method} (x) on real (.)", fill="black")
-        for (u, v), e in zip(real_xy, real_env[real_rows]):
-            c = colours[e % len(colours)]
-            px, py = x0 + u * panel, margin + v * panel
-            draw.rectangle([px - 1, py - 1, px + 1, py + 1], fill=tuple(int(0.45 * a + 140) for a in c))
+    for ax, method in zip(axes[0], parts):
+        for e in range(len(envs)):
+            mine = real_env[real_rows] == e
+            ax.scatter(real_xy[mine, 0], real_xy[mine, 1], s=4, color=colours(e % 10), alpha=0.35)
         n = len(chosen[method])
-        for (u, v), e in zip(xy[offset:offset + n], parts[method][1][chosen[method]]):
-            cx, cy = x0 + u * panel, margin + v * panel
-            c = colours[e % len(colours)]
-            draw.line([(cx - 2, cy - 2), (cx + 2, cy + 2)], fill=c)
-            draw.line([(cx - 2, cy + 2), (cx + 2, cy - 2)], fill=c)
+        targets = parts[method][1][chosen[method]]
+        for e in range(len(envs)):
+            mine = targets == e
+            ax.scatter(xy[offset:offset + n][mine, 0], xy[offset:offset + n][mine, 1], s=14, marker="x",
+                       color=colours(e % 10), linewidths=0.8)
         offset += n
-    for e, env in enumerate(envs):
-        y = panel + 2 * margin + 16 * e
-        draw.rectangle([margin, y, margin + 10, y + 10], fill=colours[e % len(colours)])
-        draw.text((margin + 16, y - 1), env, fill="black")
-    image.save(path)
+        ax.set_title(f"{method}: x its images, . real", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours(e % 10), label=env) for e, env in enumerate(envs)]
+    fig.legend(handles=handles, loc="center right", fontsize=8, title="env (x: target env)", title_fontsize=8)
+    fig.suptitle(f"t-SNE of {extractor or 'the report'}'s features of real and synthetic images (axes have no "
+                 "units: t-SNE keeps neighbourhoods, not distances)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_size_inches()[0], 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
@@ -383,9 +381,9 @@ def summary_text(result):
     for method, m in result["methods"].items():
         fids = [s["fid"].get(name.split(" -> ")[-1]) for name, s in m["sets"].items()]
         fids = [f for f in fids if f is not None]
+        fid = f"{np.median(fids):>9.2f}" if fids else f"{'-':>9}"
         lines.append(f"{method:<14}{m['sampled']:>8}{m['label_fidelity']:>8.1%}{m['to_target']:>8.1%}"
-                     f"{m['to_source']:>8.1%}{m['to_held_out']:>10.1%}{m['to_test_env']:>10.1%}"
-                     f"{(np.median(fids) if fids else float('nan')):>9.2f}"
+                     f"{m['to_source']:>8.1%}{m['to_held_out']:>10.1%}{m['to_test_env']:>10.1%}{fid}"
                      + (f"{m['near_copy_share']:>8.1%}" if "near_copy_share" in m else f"{'-':>8}") +
                      f"{(m['diversity_vs_real'] or float('nan')):>11.2f}")
     lines.append("label: share given its intended class; target/source/held out: share attributed to the env the "
@@ -393,6 +391,16 @@ def summary_text(result):
                  "of the runs that use the image (the style its model never saw, with one model per test env), "
                  "averaged over those runs; FID tgt: median FID to the target env; copies: near-copy share; diversity: "
                  "within-class spread relative to real.")
+    dim = result["feature_dim"]
+    no_fid = [m for m, v in result["methods"].items()
+              if not any(s["fid"].get(n.split(" -> ")[-1]) is not None for n, s in v["sets"].items())]
+    if no_fid:
+        lines.append(f"FID tgt '-' ({', '.join(no_fid)}): every set has fewer images than the features' {dim} "
+                     "dimensions, where FID's covariance is singular; read KID in report.json, or raise --per_group.")
+    if any("near_copy_share" not in v for v in result["methods"].values()):
+        lines.append("copies '-': the method's images have no single source image to be a copy of.")
+    lines.append("map.png: a t-SNE of the same features, one panel per method (real images as dots, the method's "
+                 "as crosses, coloured by env; t-SNE keeps neighbourhoods, not distances: its axes have no units).")
     return "\n".join(lines)
 
 
@@ -470,7 +478,8 @@ def run(args, stream=None):
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(text + "\n")
     if not args.no_map:
-        tsne_map(report.real_x, report.real_env, parts, folder.env_names, os.path.join(out, "map.png"), args.seed)
+        tsne_map(report.real_x, report.real_env, parts, folder.env_names, os.path.join(out, "map.png"), args.seed,
+                 extractor=extractor.name)
     with open(os.path.join(out, "report.json"), "w") as f:  # last: its fingerprint vouches for the other files
         json.dump(result, f, indent=1)
     print(text, file=stream)
