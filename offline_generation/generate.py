@@ -15,7 +15,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -298,8 +297,12 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
           + (f"; {skipped} skipped (reasons in {skips_name(method, shard_id, num_shards)})" if skipped else "")
           + f"; output {out_root}", file=stream)
     build_index(out_root, method)
-    if infos:
-        print("\n".join(infos), file=stream)
+    if infos:  # per-unit details (latent-prior's bandwidths and acceptance rates): a log, not the console
+        details = os.path.join(out_root, "logs", f"{method}.shard-{shard_id + 1:05d}-of-{num_shards:05d}.details.log")
+        os.makedirs(os.path.dirname(details), exist_ok=True)
+        with open(details, "a") as f:
+            f.write("\n".join(infos) + "\n")
+        print(f"{method}: {len(infos)} lines of details (bandwidths, acceptance rates) in {details}", file=stream)
     return made
 
 
@@ -332,30 +335,66 @@ def worker_commands(argv, workers, num_shards=1, shard_id=0):
              "--shard_id", str(shard_id + j * num_shards)] for j in range(workers)]
 
 
-def run_workers(argv, args, stream=None, command=None):
+class ShardProgress:
+    """Images recorded so far by one shard, read from the growth of its manifests (only the new bytes are read)."""
+
+    def __init__(self, out_root, shard_id, num_shards):
+        self.out_root, self.suffix = out_root, f".shard-{shard_id:05d}-of-{num_shards:05d}.jsonl"
+        self.seen, self.lines = {}, 0
+
+    def count(self):
+        try:
+            names = [n for n in os.listdir(self.out_root) if n.startswith("manifest.") and n.endswith(self.suffix)]
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = os.path.join(self.out_root, name)
+            with open(path, "rb") as f:
+                f.seek(self.seen.get(name, 0))
+                chunk = f.read()
+            self.seen[name] = self.seen.get(name, 0) + len(chunk)
+            self.lines += chunk.count(b"\n")
+        return self.lines
+
+
+def run_workers(argv, args, stream=None, command=None, every=30.0):
     """``--workers W``: W processes of one thread each, as shards of this command, then one index per method.
 
     On a CPU one thread per process is at least as fast as threads in one process (``docs/performance.md``) and
-    makes the bytes independent of the machine's cores and of W. Worker 1 shows its progress; the others' output follows when they end.
-    ``command`` (the arguments as given, ``--workers`` included) is what a failure says to rerun.
+    makes the bytes independent of the machine's cores and of W. Each worker writes its output to
+    ``<synthetic_root>/<dataset>/logs/``; the console gets one line for all of them every ``every`` seconds (images
+    recorded per worker) and each one's summary lines when it ends. ``command`` (the arguments as given,
+    ``--workers`` included) is what a failure says to rerun.
     """
     stream = stream or sys.stdout
     num_shards, shard_id = distributed_shard(args)
     commands = worker_commands(argv, args.workers, num_shards, shard_id)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    shards = ", ".join(str(shard_id + j * num_shards + 1) for j in range(args.workers))
-    print(f"{args.workers} worker(s) of one thread each: shard(s) {shards} of {num_shards * args.workers}",
-          file=stream, flush=True)
-    start, procs, logs = time.time(), [], []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     env[WORKER] = "1"
+    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
+    log_dir = os.path.join(out_root, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    total = num_shards * args.workers
+    shards = [shard_id + j * num_shards for j in range(args.workers)]
+    print(f"{args.workers} worker(s) of one thread each: shard(s) {', '.join(str(k + 1) for k in shards)} of "
+          f"{total}; their output: {log_dir}", file=stream, flush=True)
+    progress = [ShardProgress(out_root, k, total) for k in shards]
+    start, procs, logs = time.time(), [], []
     try:
-        for j, worker in enumerate(commands):
-            log = None if j == 0 else tempfile.TemporaryFile(mode="w+")
-            # a session of its own: Ctrl-C reaches this process only, which stops the workers below
-            procs.append(subprocess.Popen(worker, env=env if j == 0 else dict(env, TQDM_DISABLE="1"),
-                                          stdout=log, stderr=subprocess.STDOUT if log else None,
-                                          start_new_session=True))
-            logs.append(log)
+        for k, worker in zip(shards, commands):
+            logs.append(os.path.join(log_dir, f"worker-shard-{k + 1:05d}-of-{total:05d}.log"))
+            with open(logs[-1], "a") as log:  # the child holds its own descriptor
+                # a session of its own: Ctrl-C reaches this process only, which stops the workers below
+                procs.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        last = time.time()
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            if time.time() - last >= every:
+                last = time.time()
+                counts = ", ".join(f"worker {j + 1}: {p.count()}" for j, p in enumerate(progress))
+                print(f"generation: images recorded {counts} ({(last - start) / 60:.1f} min)", file=stream,
+                      flush=True)
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
         stop_workers(procs)
@@ -364,19 +403,17 @@ def run_workers(argv, args, stream=None, command=None):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for j, log in enumerate(logs[1:], 1):
-        log.seek(0)
-        text = log.read().strip()
-        log.close()
-        if text:
-            print(f"-- worker {j + 1} of {args.workers} --\n{text}", file=stream, flush=True)
+    for j, path in enumerate(logs):
+        with open(path, errors="replace") as f:
+            summary = [line.rstrip() for line in f if ": made " in line or line.startswith(("warning", "error"))]
+        for line in summary[-50:]:
+            print(f"[worker {j + 1}] {line}", file=stream, flush=True)
     failed = [j for j, code in enumerate(codes) if code]
     if failed:
         raise WorkerFailed(f"generation worker(s) {', '.join(str(j + 1) for j in failed)} of {args.workers} failed "
-                           f"(exit status {codes[failed[0]]}; output above). Finished images are kept: fix the "
-                           f"cause and rerun the same command, it resumes: python -m offline_generation "
+                           f"(exit status {codes[failed[0]]}; its log: {logs[failed[0]]}). Finished images are kept: "
+                           f"fix the cause and rerun the same command, it resumes: python -m offline_generation "
                            f"{shlex.join(command or argv)}")
-    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
     for method in args.methods:  # the workers built theirs as each finished; this one sees every shard's records
         if manifest_paths(out_root, method):
             build_index(out_root, method)

@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,24 +142,36 @@ def generator_effect(default, all_styles):
             for a in ALGORITHMS if a != "ERM" and a in mine and a in theirs]
 
 
-def run_stage(command, env, **kwargs):
+# What the console shows of DomainBed's sweep: its counts and the launcher's progress; the job list goes to the log.
+SWEEP_LINES = re.compile(r"^(\d+ jobs: |About to launch|Launched \d+|\[cpu_parallel\])")
+
+
+def run_stage(command, env, log=None, show=SWEEP_LINES):
     """A stage's subprocess in a session of its own: Ctrl-C stops it from here (its runs are redone on the next
-    launch) and prints one line, not every process's traceback."""
-    proc = subprocess.Popen(command, env=env, start_new_session=True, **kwargs)
+    launch) and prints one line, not every process's traceback. Its output goes to ``log`` (appended), and the
+    lines ``show`` matches to the console too."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
+        with open(log or os.devnull, "a") as f:
+            for line in proc.stdout:
+                f.write(line)
+                if show.search(line):
+                    print(line.rstrip(), flush=True)
         code = proc.wait()
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         raise
     if code:
-        raise subprocess.CalledProcessError(code, command)
+        raise subprocess.CalledProcessError(code, command, f"its output: {log}")
 
 
 def sweep(common, env):
-    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env,
-              stdout=subprocess.DEVNULL)
-    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env)
+    log = os.path.join(os.path.dirname(common[common.index("--output_dir") + 1]), "sweep.log")
+    print(f"(DomainBed's sweep output, the job list included: {log})")
+    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env, log)
+    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env, log)
     stale = stale_runs(common[common.index("--output_dir") + 1])
     if stale:
         print(f"WARNING: {len(stale)} finished run(s) have fewer checkpoints than DigitStyles now writes (made by an "

@@ -289,7 +289,8 @@ def test_workers_make_the_same_bytes_whatever_their_number(tiny_dataset, tiny_ch
     generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", two, "--workers", "2", "--trial_seeds", "0",
              methods=methods)
     out = capsys.readouterr().out
-    assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "-- worker 2 of 2 --" in out
+    assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "[worker 2] cdga-pg: made" in out
+    assert "-details" not in out and "accepted" not in out  # latent-prior's per-class details are in a log
     assert digests(os.path.join(two, "Tiny")) == digests(os.path.join(one, "Tiny"))
     manifests = [n for n in os.listdir(os.path.join(two, "Tiny")) if n.startswith("manifest.cdga-pg.")]
     assert sorted(manifests) == ["manifest.cdga-pg.shard-00000-of-00002.jsonl",

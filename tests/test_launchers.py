@@ -27,8 +27,14 @@ def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypat
     stream = io.StringIO()
     assert cpu_parallel.launcher(commands, lanes=2, stream=stream) == 2
     assert all(m.exists() for m in marks)
-    assert "5/5 runs finished (2 failed)" in stream.getvalue()
+    lines = stream.getvalue().splitlines()
+    assert lines[-1].startswith("[cpu_parallel] 5/5 runs finished (2 failed)")
+    assert sum("a run failed (exit status 3)" in line for line in lines) == 2
     assert cpu_parallel._this_python("python -c 1").startswith(sys.executable)
+    assert cpu_parallel._run_folder("python -m domainbed.scripts.train --output_dir '/a b/c' --seed 1") == "/a b/c"
+    quiet = io.StringIO()  # a progress line every tenth of the runs, not one per run
+    assert cpu_parallel.launcher(["python -c 1"] * 30, lanes=2, stream=quiet) == 0
+    assert [line.split()[1] for line in quiet.getvalue().splitlines()] == [f"{k}/30" for k in range(3, 31, 3)]
 
 
 def test_cpu_parallel_starts_the_online_runs_first_in_at_most_half_the_lanes():

@@ -113,6 +113,8 @@ def load_components(folder, dtype=torch.float32):
     """The five Stable Diffusion components of a validated folder; the safety checker is never loaded."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per model load tells a user nothing
     kwargs = dict(local_files_only=True, torch_dtype=dtype)
     return dict(
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),

@@ -35,6 +35,12 @@ def _generates_online(arguments):
     return bool(getattr(getattr(algorithms, name, None), "GENERATES_ONLINE", False))
 
 
+def _run_folder(command):
+    """A train command's ``--output_dir`` (where its err.txt says why it failed), or the command itself."""
+    words = shlex.split(command)
+    return words[words.index("--output_dir") + 1] if "--output_dir" in words[:-1] else command
+
+
 def next_run(online, online_running, lanes):
     """Index of the pending run to start (``online[i]``: run i generates online): the longest runs first, but in at
     most half the lanes while other runs are pending, since two of them side by side slow each other down."""
@@ -56,11 +62,16 @@ def launcher(commands, lanes=None, stream=None):
     pending = [(command, arguments if preload else None, _generates_online(arguments)) for command, arguments in parsed]
     server = train_server.TrainServer(env) if any(arguments is not None for _, arguments, _ in pending) else None
 
+    folders = {}
+
     def start(command, arguments, online):
         if arguments is not None:
-            return server.submit(arguments), online
-        return subprocess.Popen(_this_python(command), shell=True, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), online
+            proc = server.submit(arguments)
+        else:
+            proc = subprocess.Popen(_this_python(command), shell=True, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        folders[id(proc)] = _run_folder(command)
+        return proc, online
 
     running, done, failed = [], 0, 0
     start_time = time.time()
@@ -74,8 +85,12 @@ def launcher(commands, lanes=None, stream=None):
                 running.remove((proc, online))
                 done += 1
                 failed += proc.returncode != 0
-                print(f"[cpu_parallel] {done}/{len(commands)} runs finished ({failed} failed), "
-                      f"{time.time() - start_time:.0f}s", file=stream, flush=True)
+                if proc.returncode != 0:
+                    print(f"[cpu_parallel] a run failed (exit status {proc.returncode}): {folders[id(proc)]}",
+                          file=stream, flush=True)
+                if done == len(commands) or done * 10 // len(commands) != (done - 1) * 10 // len(commands):
+                    print(f"[cpu_parallel] {done}/{len(commands)} runs finished ({failed} failed), "
+                          f"{time.time() - start_time:.0f}s", file=stream, flush=True)  # every tenth, and the last
     finally:
         if server:
             server.close()
