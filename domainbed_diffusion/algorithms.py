@@ -188,7 +188,6 @@ class DomainFusion(ERM):
     prediction is the classifier alone. ``lambda_gsd=0``, ``lambda_gen=0``, ``n_candidates=1`` or
     ``sampling_strategy=False`` give the paper's ablation rows.
     """
-    GENERATES_ONLINE = True  # the cpu_parallel launcher starts these runs first
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)

@@ -25,6 +25,7 @@ class Entry:
     hparams: Optional[Callable] = None  # its hyperparameter block: ``block(hparams, dataset)``
     spec: Optional[MethodSpec] = None  # the generation method it trains on (None: it generates online or not at all)
     control: bool = False  # a control of the ablation table (``sweeps/main_job.py --ablation``), not a method row
+    generates_online: bool = False  # runs a diffusion model inside its steps: the cpu_parallel launcher starts it first
 
     @classmethod
     def of(cls, spec):
@@ -44,7 +45,8 @@ BUILTIN = (
     "domainbed_diffusion.generation.cdga_ig",
     "domainbed_diffusion.generation.edsam",
     "domainbed_diffusion.generation.latent_prior",
-    Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion),
+    Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion,
+          generates_online=True),
 )
 # Controls, in the ablation table's order: what a method's row is read against (``docs/results.md``).
 CONTROLS = (

@@ -47,7 +47,6 @@ def test_cpu_parallel_starts_the_online_runs_first_in_at_most_half_the_lanes():
     assert cpu_parallel.next_run(online, online_running=0, lanes=1) == 1
 
 
-@needs_domainbed
 def test_cpu_parallel_knows_which_runs_generate_online():
     def train(algorithm):
         return f"python -m domainbed.scripts.train --algorithm {algorithm} --test_envs 0 --output_dir /tmp/x"

@@ -23,16 +23,14 @@ def _this_python(command):
 
 def _generates_online(arguments):
     """Whether train ``arguments`` (``train_server.train_arguments``; None for another command) train an algorithm
-    that runs a diffusion model inside its steps (``GENERATES_ONLINE``)."""
+    whose catalogue entry runs a diffusion model inside its steps (``Entry.generates_online``)."""
     arguments = arguments or []
     name = arguments[arguments.index("--algorithm") + 1] if "--algorithm" in arguments[:-1] else None
     if name is None:
         return False
-    try:
-        from domainbed import algorithms  # the stock registry, where the plugin's algorithms are registered
-    except ImportError:  # no DomainBed here: nothing to rank by
-        return False
-    return bool(getattr(getattr(algorithms, name, None), "GENERATES_ONLINE", False))
+    from .. import catalogue  # at call time: registration imports this module while it loads
+    entry = catalogue.entry(name)
+    return bool(entry and entry.generates_online)
 
 
 def _run_folder(command):
