@@ -6,7 +6,7 @@ import time
 
 from domainbed_diffusion.launchers import cpu_parallel, train_server
 
-from conftest import REPO, needs_domainbed
+from conftest import REPO
 
 
 def test_only_domainbeds_train_command_goes_to_the_train_server():
