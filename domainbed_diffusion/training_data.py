@@ -143,6 +143,16 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     domains = synthetic.SyntheticDomains(root, ctx.dataset_name)
     command = generator_command(ctx, method, hparams)
     if not domains.exists(method):
+        folders = (sorted(e for e in os.listdir(domains.dataset_root) if e.startswith(f"{method}__"))
+                   if os.path.isdir(domains.dataset_root) else [])
+        if folders:  # images without a manifest: their provenance (model, split, source) is unknown
+            raise synthetic.SyntheticDataError(
+                f"{algorithm_name} trains on {method} synthetic images of {ctx.dataset_name}: {domains.dataset_root} "
+                f"has {len(folders)} {method} image folder(s) (e.g. {folders[0]}) but no manifest "
+                f"(manifest.{method}.*.jsonl), so no image can be checked against the leak rules and none is read "
+                f"(a generation stopped before its first record, or images copied without their manifests). Copy "
+                f"the manifests too, or run the generator on that folder: it makes and records them again:"
+                f"\n    {command}")
         raise synthetic.SyntheticDataError(
             f"{algorithm_name} trains on {method} synthetic images of {ctx.dataset_name}, and there are none under "
             f"{domains.dataset_root}. Generate them first:\n    {command}\n(or point the hparam synthetic_root at "

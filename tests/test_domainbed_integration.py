@@ -269,6 +269,9 @@ def test_missing_synthetic_data_gives_the_generator_command(digitstyles_dir, tmp
     with pytest.raises(RuntimeError, match="python -m offline_generation --dataset DigitStyles --data_dir .* "
                                            "--methods edsam"):
         algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
+    os.makedirs(tmp_path / "DigitStyles" / "edsam__ink__to__neon" / "one")  # images, but no manifest
+    with pytest.raises(RuntimeError, match="(?s)has 1 edsam image folder.*but no manifest.*--methods edsam"):
+        algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
 
 
 def test_edsam_rho_must_match_a_generated_rho(synthetic_digitstyles):
