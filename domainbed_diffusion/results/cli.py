@@ -100,7 +100,7 @@ def main(argv=None):
         print("error: no run could be scored (see the warnings above)", file=sys.stderr)
         return 2
     margin = args.margin / 100 if args.margin is not None else None
-    analysed, texts = report(results, args.baseline, args.family, margin, contrasts, args.title, args.selection)
+    analysed, texts = report(results, args.baseline, args.family, margin, contrasts, args.title, results["selections"])
     if not any(r["row"] == args.baseline for t in analysed for r in t["rows"]):
         print(f"warning: no row named {args.baseline!r} (rows: {', '.join(results['rows'])}): no paired comparison; "
               "choose one with --baseline", file=sys.stderr)

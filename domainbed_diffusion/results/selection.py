@@ -4,6 +4,8 @@ list of runs with their costs. The selection itself is DomainBed's own code (``d
 accuracies are those of stock ``collect_results``; what this adds is which checkpoint and hparams set each choice
 took, and rows defined by hparams as well as by algorithm.
 """
+import os
+
 FORMAT = "domainbed-diffusion results 1"
 # DomainBed's selection methods, by the names this command takes, with DomainBed's own titles
 SELECTIONS = {
@@ -89,7 +91,8 @@ def select(reading, selections=("training", "lodo", "oracle"), group_by=(), orde
         n_envs[args["dataset"]] = max(n_envs.get(args["dataset"], 0), run["n_envs"])
         runs.append(dict(dataset=args["dataset"], algorithm=args["algorithm"], row=row,
                          test_envs=list(args["test_envs"]), trial_seed=int(args["trial_seed"]),
-                         hparams_seed=int(args["hparams_seed"]), folder=run["folder"], done=run["done"],
+                         hparams_seed=int(args["hparams_seed"]), done=run["done"],
+                         folder=os.path.join(*os.path.normpath(run["folder"]).split(os.sep)[-2:]),  # sweep/run
                          **_run_cost(run)))
         for test_env in args["test_envs"]:  # as DomainBed groups: a run with two test envs is in both groups
             key = (args["dataset"], row, int(test_env), int(args["trial_seed"]))

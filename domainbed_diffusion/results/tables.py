@@ -145,13 +145,14 @@ def cells(table, baseline="ERM", pm="+/-"):
 
 def caption(table, baseline="ERM", family="all", prefix=""):
     """What the table shows, in words, with the reasons for any X and the Holm family."""
-    n = len(table.get("comparisons", []))
-    size = table["comparisons"][0]["family_size"] if n else 0
+    n = sum(1 for c in table.get("comparisons", []) if c["n"])
+    valid = [c for c in table.get("comparisons", []) if c["p"] == c["p"]]
+    size = valid[0]["family_size"] if valid else 0
     paired = (f"vs {baseline}: difference of the per-trial Avg paired by trial seed, with its 95% t-interval; "
               f"p: paired t-test, Holm-corrected over {size} comparison(s) "
               f"({'every table printed' if family == 'all' else 'this table'}), * below 0.05." if size else
               f"vs {baseline}: difference of Avg; one trial: no interval, no p-value." if n else
-              f"No paired comparison: no other row shares trials with {baseline}.")
+              f"No paired comparison: no row has a trial with every test env that {baseline} has too.")
     words = (f"{prefix + ' ' if prefix else ''}{table['dataset']}: test-env accuracy (%), model selection: "
              f"{table['title']}; mean +/- standard error over trials (n - 1); Avg: mean of the test envs' means. "
              f"{paired} step: median selected checkpoint; trials: the fewest of any test env. img/step: images "
