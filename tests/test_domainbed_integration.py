@@ -152,8 +152,9 @@ def test_miro_oracle_never_changes_and_regularises_mnist_cnn_groupnorms(digitsty
 def resnet_without_download(monkeypatch):
     """DomainBed's ResNet without ImageNet weights (nothing can be downloaded here; the architecture matters)."""
     import torchvision
-    resnet50 = torchvision.models.resnet50
-    monkeypatch.setattr(torchvision.models, "resnet50", lambda *a, **k: resnet50(weights=None))
+    for name in ("resnet18", "resnet50"):
+        build = getattr(torchvision.models, name)
+        monkeypatch.setattr(torchvision.models, name, lambda *a, build=build, **k: build(weights=None))
 
 
 # the controls reuse the methods' code paths: Debug28 is enough for them (Debug224 runs a ResNet-50 per step)
@@ -166,6 +167,7 @@ def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name, res
     """DomainBed's own unit test, on the CPU: Debug datasets have no files, so synthetic sets are made in memory."""
     hparams = hparams_registry.default_hparams(algorithm_name, dataset_name)
     hparams["resnet50_augmix"] = False
+    hparams["resnet18"] = True  # DomainBed's ResNet featurizer at a fraction of ResNet-50's cost on a CPU
     if algorithm_name == "EDSAM":
         hparams["edsam_m"] = 2
     if algorithm_name == "DomainFusion":
@@ -178,8 +180,8 @@ def test_init_update_predict_on_debug_datasets(dataset_name, algorithm_name, res
         assert algorithm.update(minibatches)["loss"] > 0
     algorithm.eval()
     assert list(algorithm.predict(minibatches[0][0]).shape) == [8, dataset.num_classes]
-    if algorithm_name == "MIRO" and dataset_name == "Debug224":  # stem + layer1..4 of the ResNet
-        assert [v.b.shape[1] for v in algorithm.variance_encoders] == [64, 256, 512, 1024, 2048]
+    if algorithm_name == "MIRO" and dataset_name == "Debug224":  # stem + layer1..4 of the ResNet(-18)
+        assert [v.b.shape[1] for v in algorithm.variance_encoders] == [64, 64, 128, 256, 512]
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def synthetic_digitstyles(digitstyles_dir):
     common = ["--dataset", "DigitStyles", "--data_dir", digitstyles_dir, "--max_per_class", "4", "--batch_size", "64"]
     others = [m for m in catalogue.methods(controls=True) if m != "latent-prior"]
     assert main(common + ["--methods", *others, "--num_samples", "2"]) == 0
-    assert main(common + ["--methods", "latent-prior", "--trial_seeds", "0"]) == 0
+    assert main(common + ["--methods", "latent-prior", "--trial_seeds", "0", "--bandwidth_references", "8"]) == 0
     return digitstyles_dir
 
 
@@ -366,34 +368,45 @@ def test_domainfusion_step_in_half_precision(digitstyles_dir, dtype):
 
 
 @needs_install
-def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path):
-    for name in ["ERM"] + OURS:
-        out = str(tmp_path / name)
-        result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name,
-                      "--data_dir", synthetic_digitstyles, "--output_dir", out, "--test_envs", "0", "--steps", "3",
-                      "--checkpoint_freq", "2", "--hparams", json.dumps({"edsam_m": 2})])
-        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
-        with open(os.path.join(out, "results.jsonl")) as f:
-            last = json.loads(f.readlines()[-1])
-        assert last["step"] == 2 and "env1_in_acc" in last and os.path.exists(os.path.join(out, "done"))
+def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path, monkeypatch):
+    """Every algorithm through DomainBed's train script, two at a time through the cpu_parallel launcher (its
+    forked runs are the stock script: ``test_cpu_parallel_forks_runs_that_match_a_process_per_run``)."""
+    import io
+    import shlex
+
+    from domainbed_diffusion.launchers import cpu_parallel
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+
+    def train(name, out, *extra):
+        return " ".join(shlex.quote(a) for a in [
+            "python", "-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name, "--data_dir",
+            synthetic_digitstyles, "--output_dir", out, "--test_envs", "0", *extra])
+    names = ["ERM"] + OURS
+    commands = [train(name, str(tmp_path / name), "--steps", "3", "--checkpoint_freq", "2", "--hparams",
+                      json.dumps({"edsam_m": 2})) for name in names]
     # DigitStyles' own checkpoint frequency: training-domain validation has several checkpoints to choose from
-    out = str(tmp_path / "checkpoints")
-    result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", "ERM", "--data_dir",
-                  synthetic_digitstyles, "--output_dir", out, "--test_envs", "0", "--steps", "51"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(out, "results.jsonl")) as f:
+    commands.append(train("ERM", str(tmp_path / "checkpoints"), "--steps", "51"))
+    failed = cpu_parallel.launcher(commands, lanes=2, stream=io.StringIO())
+    errors = {n: (tmp_path / n / "err.txt").read_text()[-3000:] for n in names + ["checkpoints"]
+              if not (tmp_path / n / "done").exists()}
+    assert failed == 0 and not errors, errors
+    for name in names:
+        with open(tmp_path / name / "results.jsonl") as f:
+            last = json.loads(f.readlines()[-1])
+        assert last["step"] == 2 and "env1_in_acc" in last, name
+    with open(tmp_path / "checkpoints" / "results.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [0, 25, 50]
 
 
 @needs_install
 def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path):
     sweep_dir = str(tmp_path / "sweep")
-    result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "DigitStyles", "--algorithms", "ERM",
-                  "MIRO", "--data_dir", digitstyles_dir, "--output_dir", sweep_dir, "--command_launcher", "local",
+    result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "DigitStyles", "--algorithms", "MIRO",
+                  "--data_dir", digitstyles_dir, "--output_dir", sweep_dir, "--command_launcher", "local",
                   "--n_trials", "1", "--n_hparams", "1", "--steps", "3", "--single_test_envs",
                   "--skip_confirmation"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(glob.glob(os.path.join(sweep_dir, "*", "done"))) == 8  # 2 algorithms x 4 test envs
+    assert len(glob.glob(os.path.join(sweep_dir, "*", "done"))) == 4  # the plugin's MIRO x 4 test envs
     result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dataset: DigitStyles" in result.stdout and "MIRO" in result.stdout
@@ -704,11 +717,12 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
 
 @needs_install
 def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_results(tmp_path):
-    """``--n_hparams 2`` on Debug28 (local launcher): two hparams sets per (algorithm, test env), which DomainBed's
+    """``--n_hparams 2`` on Debug28 (cpu_parallel launcher; DomainBed's local one runs in
+    ``test_stock_sweep_and_collect_results``): two hparams sets per (algorithm, test env), which DomainBed's
     training-domain validation and the results command choose between alike."""
     sweep_dir = str(tmp_path / "sweep")
     result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "Debug28", "--algorithms", "ERM", "MIRO",
-                  "--data_dir", str(tmp_path), "--output_dir", sweep_dir, "--command_launcher", "local",
+                  "--data_dir", str(tmp_path), "--output_dir", sweep_dir, "--command_launcher", "cpu_parallel",
                   "--n_trials", "1", "--n_hparams", "2", "--steps", "3", "--single_test_envs",
                   "--skip_confirmation", "--hparams", json.dumps({"batch_size": 8})])  # Debug envs train on 13 images
     # (a random batch_size above that would make DomainBed's InfiniteDataLoader spin without yielding a batch)
