@@ -1,7 +1,8 @@
 """Shared fixtures. DomainBed is found through ``DOMAINBED_DIR`` (a checkout) or an importable ``domainbed``;
 tests that need it skip, with that reason printed, when it is absent.
 
-Every cache the code reads (torch hub checkpoints, the Hugging Face hub, matplotlib's) points at an empty folder
+Every cache the code reads (torch hub checkpoints, the Hugging Face hub, torch.compile's, matplotlib's) points at an
+empty folder
 of this session before anything is imported, in this process and in every subprocess a test starts: a test
 never depends on what the user's caches hold. A test that wants a populated cache makes one and points there."""
 import atexit
@@ -21,6 +22,8 @@ HERMETIC = {
     "HUGGINGFACE_HUB_CACHE": os.path.join(CACHES, "huggingface", "hub"),
     "HF_HUB_OFFLINE": "1",
     "MPLCONFIGDIR": os.path.join(CACHES, "matplotlib"),
+    "TORCHINDUCTOR_CACHE_DIR": os.path.join(CACHES, "torchinductor"),  # torch.compile's, else /tmp/torchinductor_<user>
+    "TRITON_CACHE_DIR": os.path.join(CACHES, "triton"),
 }
 os.environ.update(HERMETIC)  # before torch, huggingface_hub and matplotlib read them (some at import)
 
