@@ -2,9 +2,9 @@
 tests that need it skip, with that reason printed, when it is absent.
 
 Every cache the code reads (torch hub checkpoints, the Hugging Face hub, torch.compile's, matplotlib's) points at an
-empty folder
-of this session before anything is imported, in this process and in every subprocess a test starts: a test
-never depends on what the user's caches hold. A test that wants a populated cache makes one and points there."""
+empty folder of this session before anything is imported, in this process and in every subprocess a test starts:
+a test never depends on what the user's caches hold. A test that wants a populated cache makes one and points
+there."""
 import atexit
 import importlib.util
 import os
