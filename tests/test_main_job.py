@@ -3,6 +3,7 @@ docs/results.md)."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -28,6 +29,9 @@ def test_quick_main_job_prints_every_row_and_resumes(tmp_path):
                  "report/report.json", "report/map.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0
     assert "-------- QUICK: 1 trial(s), 26 steps, not a result. Dataset: DigitStyles" in first.stdout
+    start = time.time()
     second = subprocess.run(args, env=env, capture_output=True, text=True, check=True)  # resumes: nothing redone
+    seconds = time.time() - start
     runs = len(ALGORITHMS) * 4  # one trial per (algorithm, test env) of DigitStyles' four envs
     assert "made 0 images" in second.stdout and f"{runs} done, 0 incomplete, 0 not launched" in second.stdout
+    assert "report unchanged" in second.stdout and seconds < 30, seconds  # a rerun with nothing to do is quick
