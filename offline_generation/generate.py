@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -335,6 +336,26 @@ def worker_commands(argv, workers, num_shards=1, shard_id=0):
              "--shard_id", str(shard_id + j * num_shards)] for j in range(workers)]
 
 
+MADE = re.compile(r"made (\d+) images .*?; (\d+) were already done(?:; (\d+) skipped)?")
+
+
+def worker_summary(log, most=5):
+    """One line for a worker's log: images made, already done and skipped over every (model, method) it ran, then
+    its first warnings and errors, if any."""
+    made = done = skipped = 0
+    problems = []
+    with open(log, errors="replace") as f:
+        for line in f:
+            m = MADE.search(line)
+            if m:
+                made, done, skipped = made + int(m[1]), done + int(m[2]), skipped + int(m[3] or 0)
+            elif line.startswith(("warning", "error")):
+                problems.append(line.strip())
+    text = f"made {made} images, {done} already done, {skipped} skipped (its log: {log})"
+    return "\n".join([text, *problems[:most]] + ([f"... {len(problems) - most} more in the log"]
+                                                  if len(problems) > most else []))
+
+
 class ShardProgress:
     """Images recorded so far by one shard, read from the growth of its manifests (only the new bytes are read)."""
 
@@ -363,7 +384,7 @@ def run_workers(argv, args, stream=None, command=None, every=30.0):
     On a CPU one thread per process is at least as fast as threads in one process (``docs/performance.md``) and
     makes the bytes independent of the machine's cores and of W. Each worker writes its output to
     ``<synthetic_root>/<dataset>/logs/``; the console gets one line for all of them every ``every`` seconds (images
-    recorded per worker) and each one's summary lines when it ends. ``command`` (the arguments as given,
+    recorded per worker) and one summary line per worker when it ends. ``command`` (the arguments as given,
     ``--workers`` included) is what a failure says to rerun.
     """
     stream = stream or sys.stdout
@@ -383,7 +404,7 @@ def run_workers(argv, args, stream=None, command=None, every=30.0):
     try:
         for k, worker in zip(shards, commands):
             logs.append(os.path.join(log_dir, f"worker-shard-{k + 1:05d}-of-{total:05d}.log"))
-            with open(logs[-1], "a") as log:  # the child holds its own descriptor
+            with open(logs[-1], "w") as log:  # this run's output only; the child holds its own descriptor
                 # a session of its own: Ctrl-C reaches this process only, which stops the workers below
                 procs.append(subprocess.Popen(worker, env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))
@@ -404,10 +425,7 @@ def run_workers(argv, args, stream=None, command=None, every=30.0):
             if p.poll() is None:
                 p.kill()
     for j, path in enumerate(logs):
-        with open(path, errors="replace") as f:
-            summary = [line.rstrip() for line in f if ": made " in line or line.startswith(("warning", "error"))]
-        for line in summary[-50:]:
-            print(f"[worker {j + 1}] {line}", file=stream, flush=True)
+        print(f"[worker {j + 1}] {worker_summary(path)}", file=stream, flush=True)
     failed = [j for j, code in enumerate(codes) if code]
     if failed:
         raise WorkerFailed(f"generation worker(s) {', '.join(str(j + 1) for j in failed)} of {args.workers} failed "

@@ -3,6 +3,7 @@ shards, leak filtering and bad input."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -289,7 +290,7 @@ def test_workers_make_the_same_bytes_whatever_their_number(tiny_dataset, tiny_ch
     generate(tiny_dataset, tiny_checkpoint, "--synthetic_root", two, "--workers", "2", "--trial_seeds", "0",
              methods=methods)
     out = capsys.readouterr().out
-    assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "[worker 2] cdga-pg: made" in out
+    assert "2 worker(s) of one thread each: shard(s) 1, 2 of 2" in out and "[worker 2] made " in out
     assert "-details" not in out and "accepted" not in out  # latent-prior's per-class details are in a log
     assert digests(os.path.join(two, "Tiny")) == digests(os.path.join(one, "Tiny"))
     manifests = [n for n in os.listdir(os.path.join(two, "Tiny")) if n.startswith("manifest.cdga-pg.")]
@@ -364,7 +365,8 @@ def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(
     assert 0 < made < 96 and not [f for _, _, fs in os.walk(images) for f in fs if f.endswith(".tmp")]
     again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "were already done" in again.stdout and "made 0 images" not in again.stdout
+    rerun = re.findall(r"\[worker \d\] made (\d+) images, (\d+) already done", again.stdout)
+    assert len(rerun) == 2 and sum(int(m) for m, _ in rerun) == 96 - made  # one line per worker: the rest, once
     # 48 sources, each toward the two other envs; one worker of one thread makes the same bytes as two
     assert cli_main([*argv, "--synthetic_root", str(tmp_path / "reference"), "--workers", "1"]) == 0
     assert digests(images) == digests(tmp_path / "reference" / "Tiny") and len(digests(images)) == 96
