@@ -168,11 +168,12 @@ def run_stage(command, env, log=None, show=SWEEP_LINES):
 
 
 def sweep(common, env):
-    log = os.path.join(os.path.dirname(common[common.index("--output_dir") + 1]), "sweep.log")
+    sweep_dir = common[common.index("--output_dir") + 1]
+    log = os.path.join(os.path.dirname(sweep_dir), "sweep.log")
     print(f"(DomainBed's sweep output, the job list included: {log})")
     run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env, log)
     run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env, log)
-    stale = stale_runs(common[common.index("--output_dir") + 1])
+    stale = stale_runs(sweep_dir)
     if stale:
         print(f"WARNING: {len(stale)} finished run(s) have fewer checkpoints than DigitStyles now writes (made by an "
               f"earlier version; the sweep keeps finished runs), e.g. {stale[0]}: delete those folders and run this "
