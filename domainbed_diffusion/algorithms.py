@@ -177,6 +177,13 @@ class LatentPrior(SyntheticERM):
     METHOD = "latent-prior"
 
 
+def lr_schedule(optimizer, name, total):
+    """``"cosine"``: DomainFusion's cosine decay of the learning rate over the run's ``total`` steps; else None."""
+    if name != "cosine" or not total:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+
 class DomainFusion(ERM):
     """DomainFusion (*Generalizing to Unseen Domains with Latent Diffusion Models*, Gradient Score Distillation):
     ``lambda_raw CE(real) + lambda_gen CE(synthetic) + lambda_gsd L_GSD`` with Adam and a cosine schedule over
@@ -207,12 +214,7 @@ class DomainFusion(ERM):
         self.step = 0
         self.pool.cycle(self.base_seed)
         self.refresh_count = math.ceil(len(self.pool) * hparams["refresh_every"] / hparams["turnover_steps"])
-        total = ctx.total_steps
-        if hparams["lr_schedule"] == "cosine" and total:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        else:
-            self.scheduler = None
+        self.scheduler = lr_schedule(self.optimizer, hparams["lr_schedule"], ctx.total_steps)
 
     def diffusion(self, device):
         if self._diffusion is None:
@@ -328,6 +330,29 @@ class ERM_RealMatched(ERM):
         if not sum(len(x) for x, _ in kept):  # no image this step: skip it rather than take a NaN loss
             return {"loss": float("nan"), "images": 0}
         return dict(super().update(kept), images=sum(len(x) for x, _ in kept))
+
+
+class ERM_FusionMatched(ERM):
+    """Control: ERM with DomainFusion's schedule and images per step: the cosine learning-rate decay over the run,
+    and a real minibatch of twice DomainFusion's batch size per env (its real and synthetic halves, all real), so
+    DomainFusion's row is read for what GSD and its synthetic set add, not its schedule or its larger batch."""
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        ctx = context.require("ERM_FusionMatched", input_shape, num_domains, hparams)
+        self.scheduler = lr_schedule(self.optimizer, hparams["lr_schedule"], ctx.total_steps)
+
+    def update(self, minibatches, unlabeled=None):
+        out = super().update(minibatches)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return dict(out, images=sum(len(x) for x, _ in minibatches))
+
+
+class Composite(CDGA_IG):
+    """Control: CDGA-IG's composite without diffusion (``--methods composite``): its pairs and guides, the
+    source's foreground on the guide's background, never redrawn; trained as ``CDGA_IG`` is."""
+    METHOD = "composite"
 
 
 class Regenerated(SyntheticERM):

@@ -56,6 +56,9 @@ CONTROLS = (
     "domainbed_diffusion.generation.regenerate",
     Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced",
           hparams_registry.regenerated_balanced, control=True),
+    "domainbed_diffusion.generation.composite",
+    Entry("ERM_FusionMatched", "domainbed_diffusion.algorithms:ERM_FusionMatched", hparams_registry.fusion_matched,
+          control=True),
 )
 _added = []  # entries given to ``add`` in this process
 _loaded = None  # the built-in and entry-point entries, read once

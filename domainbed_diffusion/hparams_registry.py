@@ -125,8 +125,22 @@ def domainfusion(hp, dataset):
     hp.define("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
     hp.define("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)
     hp.define("lr_schedule", "cosine", lambda r: "cosine")
+    if fusion_batch_size(dataset):
+        hp.redefine("batch_size", fusion_batch_size(dataset))
+
+
+def fusion_batch_size(dataset):
+    """DomainFusion's real images per env and step on the papers' datasets (None: the dataset's default)."""
     if dataset in PAPERS_DATASETS:
-        hp.redefine("batch_size", 8 if dataset == "DomainNet" else 16)
+        return 8 if dataset == "DomainNet" else 16
+    return None
+
+
+def fusion_matched(hp, dataset):
+    """ERM_FusionMatched: DomainFusion's schedule, and its real plus synthetic images per step, all real."""
+    hp.define("lr_schedule", "cosine", lambda r: "cosine")
+    real = fusion_batch_size(dataset) or hp.hparams["batch_size"][0]
+    hp.redefine("batch_size", 2 * real, lambda r: 2 * real)
 
 
 def erm_augment(hp, dataset):

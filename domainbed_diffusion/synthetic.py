@@ -137,7 +137,7 @@ class SyntheticDomains:
         return open_index(self.dataset_root, method, build_if_missing)
 
     def select(self, method, env_names, class_names, test_envs, training_sources=None, allow_test_guides=False,
-               where=None, validation_digests=None, generator_saw_test_env=False):
+               where=None, validation_digests=None, generator_saw_test_env=False, per_split=False):
         """Records usable by a run: ``{training env index: Selection}``, read through the method's index.
 
         A record is dropped when its source env or guide env is a test env (guides allowed only with
@@ -147,10 +147,11 @@ class SyntheticDomains:
         Images of a model trained on a test env are skipped when images of a model that was not are there too
         (a folder of per-test-env models' images), and refused with ``GeneratorLeakError`` when they are all
         there is, unless ``generator_saw_test_env`` (the hparam ``UNSAFE_generator_saw_test_env``) opts in.
-        Given ``validation_digests`` (env index -> ``splits.digest`` of the run's validation split), a record
-        fitted on a split (``validation_digest``: latent-prior) is kept only if it is this run's split of its env;
-        records without one are dropped. Each ``Selection`` counts its env's pairs lost to a guide outside the
-        run's training split (``guides_not_trained``).
+        Given ``validation_digests`` (env index -> ``splits.digest`` of the run's validation split), records made
+        per trial (``validation_digest``) are kept only if made for this run's split of their env, and when there
+        are any, they are all the run reads: a per-trial draw replaces a shared one (records without a split),
+        which is read otherwise, unless ``per_split`` (the method always fits on a split). Each ``Selection``
+        counts its env's pairs lost to a guide outside the run's training split (``guides_not_trained``).
         """
         index = self.index(method)
         env_of = _vocabulary_map(index.envs, env_names, "env", self.dataset_root, index,
@@ -181,7 +182,9 @@ class SyntheticDomains:
             run_digest = np.full(len(env_names), np.nan)
             for env, value in validation_digests.items():
                 run_digest[env] = float(value)
-            keep &= index.param("validation_digest") == run_digest[source_env]  # NaN (no split) never equal
+            digest = index.param("validation_digest")
+            own = digest == run_digest[source_env]  # NaN (no split) never equal
+            keep &= own if per_split or (keep & own).any() else np.isnan(digest)
         if where is not None:
             keep &= np.asarray(where(index), dtype=bool)
         keep &= self._generator_rows(index, [env_names[i] for i in sorted(test_envs)], keep,

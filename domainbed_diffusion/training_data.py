@@ -137,8 +137,8 @@ def run_split_arguments(ctx):
 def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test_guides=False, per_split=False):
     """Leak-free synthetic items per training env, read through the manifests; clear errors when missing.
 
-    ``per_split``: the method's images were fitted on one train/validation split (latent-prior); only those
-    fitted on this run's own split are used."""
+    Images made per trial are read for this run's own trial only (``synthetic.SyntheticDomains.select``);
+    ``per_split``: the method always fits on a split (CDGA-IG, latent-prior), so only those are read."""
     root = hparams.get("synthetic_root") or synthetic.default_root(ctx.data_dir)
     domains = synthetic.SyntheticDomains(root, ctx.dataset_name)
     command = generator_command(ctx, method, hparams)
@@ -160,8 +160,8 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     try:
         selected = domains.select(method, ctx.env_names, ctx.class_names, ctx.test_envs,
                                   training_sources=training_sources(ctx), allow_test_guides=allow_test_guides,
-                                  where=where, validation_digests=validation_digests(ctx) if per_split else None,
-                                  generator_saw_test_env=bool(hparams.get(UNSAFE, False)))
+                                  where=where, validation_digests=validation_digests(ctx),
+                                  generator_saw_test_env=bool(hparams.get(UNSAFE, False)), per_split=per_split)
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
     empty = [ctx.env_names[i] for i, items in selected.items() if not items]
@@ -171,7 +171,7 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
                  if args is not None else "this process's split")
         raise synthetic.SyntheticDataError(
             f"{algorithm_name}: no {method} image of {ctx.dataset_name} under {domains.dataset_root} was fitted on "
-            f"this run's train/validation split of env(s) {empty} ({which}). Its images are fitted per trial, on "
+            f"this run's train/validation split of env(s) {empty} ({which}). Its images are made per trial, from "
             f"the training split only, so that no validation image shapes the training data. Generate this "
             f"trial's with:\n    {generator_command(ctx, method, hparams, run_split_arguments(ctx))}")
     lost = sum(items.guides_not_trained for items in selected.values())
@@ -183,7 +183,8 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
         raise synthetic.SyntheticDataError(
             f"{algorithm_name}: no usable {method} image for training env(s) {empty} of {ctx.dataset_name} under "
             f"{domains.dataset_root} (test envs {[ctx.env_names[i] for i in ctx.test_envs]}). Were they generated "
-            f"for these envs and these settings? Generate with:\n    {command}")
+            f"for these envs and these settings (images made --per_trial serve only their own trials)? Generate "
+            f"with:\n    {command}")
     return selected
 
 

@@ -77,6 +77,14 @@ def _generation_arguments(parser):
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    g = parser.add_argument_group("trials (DomainBed's train/validation splits the images must respect)")
+    g.add_argument("--per_trial", action="store_true",
+                   help="one draw per trial: each trial's images from its own training split, with the trial in "
+                        "their seeds (CDGA-IG and latent-prior always are; default: one draw every trial reads)")
+    g.add_argument("--trial_seeds", type=int, nargs="+", default=None,
+                   help="the sweep's trial seeds (default: 0 1 2, DomainBed's --n_trials 3)")
+    g.add_argument("--holdout_fraction", type=float, default=None,
+                   help="the train script's --holdout_fraction (default: 0.2)")
     g = parser.add_argument_group("methods")
     g.add_argument("--methods", nargs="+", default=["all"],
                    help=f"{', '.join(catalogue.methods())} or all (the methods), or a control: "

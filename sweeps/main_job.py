@@ -167,12 +167,14 @@ def run_stage(command, env, log=None, show=SWEEP_LINES):
         raise subprocess.CalledProcessError(code, command, f"its output: {log}")
 
 
-def sweep(common, env):
+def sweep(common, env, module="domainbed.scripts.sweep"):
+    """DomainBed's sweep (``module``: the stock one, or ``domainbed_diffusion.launchers.sweep`` for other trial
+    seeds): its incomplete runs deleted, then what is not done launched."""
     sweep_dir = common[common.index("--output_dir") + 1]
     log = os.path.join(os.path.dirname(sweep_dir), "sweep.log")
     print(f"(DomainBed's sweep output, the job list included: {log})")
-    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "delete_incomplete", *common], env, log)
-    run_stage([sys.executable, "-m", "domainbed.scripts.sweep", "launch", *common], env, log)
+    run_stage([sys.executable, "-m", module, "delete_incomplete", *common], env, log)
+    run_stage([sys.executable, "-m", module, "launch", *common], env, log)
     stale = stale_runs(sweep_dir)
     if stale:
         print(f"WARNING: {len(stale)} finished run(s) have fewer checkpoints than DigitStyles now writes (made by an "

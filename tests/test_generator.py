@@ -56,8 +56,9 @@ def test_every_method_writes_domainbed_layout_with_a_record_per_image(generated)
         for key in ("source_env", "class_name", "params", "seed", "model_id", "prompt"):
             assert key in r
     # 18 images: CDGA makes 2 per image (one per other env), ED-SAM M=2 per image, latent-prior 1 per training
-    # reference per trial (3 trials), for the (env, class) groups whose training split keeps 3 references
-    assert len(by_method["cdga-pg"]) == 36 and len(by_method["cdga-ig"]) == 36
+    # reference per trial (3 trials), for the (env, class) groups whose training split keeps 3 references; CDGA-IG
+    # per trial too, from each trial's 15 training images (int(6 * 0.2) = 1 validation image per env)
+    assert len(by_method["cdga-pg"]) == 36 and len(by_method["cdga-ig"]) == 3 * 15 * 2
     assert len(by_method["edsam"]) == 36
     assert 0 < len(by_method["latent-prior"]) <= 3 * 18
     pg = next(r for r in by_method["cdga-pg"] if r["guide_env"] == "env_b" and r["class_name"] == "dog")
@@ -322,21 +323,63 @@ def test_a_failing_worker_is_an_error_that_says_how_to_resume(tiny_dataset, tmp_
     assert "no-model" in captured.out  # the second worker's own error, shown after it ends
 
 
-def test_guides_and_priors_respect_every_planned_trials_split(generated):
-    """CDGA-IG guides are in the training split of every planned trial (--trial_seeds 0 1 2 by default);
-    latent-prior images carry their trial and the digest of the validation split their prior excluded."""
+def test_guides_and_priors_are_each_trials_own(generated, tiny_checkpoint, tmp_path):
+    """CDGA-IG and latent-prior images are made per trial: each record carries its trial and the digest of the
+    validation split it excluded, its source and guide are in that trial's training split, and a trial's images
+    (its guide pool with them) are the same whichever other trials are planned."""
     from domainbed_diffusion import splits
     validation = splits.validation_paths(os.path.join(generated, "Tiny"), ENVS, [0, 1, 2], 0.2)
     assert all(len(validation[t][env]) == 1 for t in (0, 1, 2) for env in ENVS)  # int(6 * 0.2) of each env
     records = read_manifests(os.path.join(generated, "synthetic", "Tiny"))
-    guided = [r for r in records if r["method"] == "cdga-ig"]
-    assert guided and all(r["guide"] not in validation[t][r["guide_env"]] for r in guided for t in (0, 1, 2))
-    priors = [r for r in records if r["method"] == "latent-prior"]
-    for r in priors:
-        trial = r["params"]["trial_seed"]
-        assert r["params"]["validation_digest"] == splits.digest(validation[trial][r["source_env"]])
-        assert r["file"].split("/")[-1].startswith(f"t{trial}_prior_")
-    assert {r["params"]["trial_seed"] for r in priors} == {0, 1, 2}
+    for method, prefix in (("cdga-ig", "t{}_img"), ("latent-prior", "t{}_prior_")):
+        made = [r for r in records if r["method"] == method]
+        assert {r["params"]["trial_seed"] for r in made} == {0, 1, 2}
+        for r in made:
+            trial = r["params"]["trial_seed"]
+            assert r["params"]["validation_digest"] == splits.digest(validation[trial][r["source_env"]])
+            assert r["file"].split("/")[-1].startswith(prefix.format(trial))
+            assert r["source"] is None or r["source"] not in validation[trial][r["source_env"]]
+            assert r["guide"] is None or r["guide"] not in validation[trial][r["guide_env"]]
+    # the guide pool is the trial's own training split: no shrinking with the planned trials
+    data_dir = str(tmp_path / "data")
+    write_image_dataset(os.path.join(data_dir, "Tiny"), ENVS, ["cat", "dog"], per_class=3)
+    generate(data_dir, tiny_checkpoint, "--trial_seeds", "0", methods=("cdga-ig",))
+    alone = {r["file"]: (r["guide"], r["seed"]) for r in read_manifests(os.path.join(data_dir, "synthetic", "Tiny"))}
+    planned = {r["file"]: (r["guide"], r["seed"]) for r in records
+               if r["method"] == "cdga-ig" and r["params"]["trial_seed"] == 0}
+    assert alone == planned and len(alone) == 15 * 2
+    assert digests(os.path.join(data_dir, "synthetic", "Tiny")) == {
+        f: d for f, d in digests(os.path.join(generated, "synthetic", "Tiny")).items() if f.startswith("cdga-ig")
+        and "/t0_" in f}
+
+
+def test_per_trial_draws_differ_between_trials_and_repeat_on_rerun(tiny_checkpoint, tmp_path):
+    """--per_trial: each trial's images of a source come from a seed of their own (a second trial is a second
+    draw), from the trial's training split only; the same command again leaves every byte as it was, and a fresh
+    run of the same command makes the same bytes."""
+    from domainbed_diffusion import splits
+    data_dir = str(tmp_path / "data")
+    write_image_dataset(os.path.join(data_dir, "Tiny"), ENVS, ["cat", "dog"], per_class=3)
+    argv = ("--per_trial", "--trial_seeds", "0", "1")
+    generate(data_dir, tiny_checkpoint, *argv, methods=("cdga-pg", "edsam"))
+    root = os.path.join(data_dir, "synthetic", "Tiny")
+    records = read_manifests(root)
+    validation = splits.validation_paths(os.path.join(data_dir, "Tiny"), ENVS, [0, 1], 0.2)
+    assert all(r["source"] not in validation[r["params"]["trial_seed"]][r["source_env"]] for r in records)
+    first = digests(root)
+    by_trial = {}
+    for r in records:
+        key = (r["method"], r["source"], r["guide_env"], r["sample"])
+        by_trial.setdefault(key, {})[r["params"]["trial_seed"]] = (r["seed"], first[r["file"]])
+    both = [v for v in by_trial.values() if len(v) == 2]
+    assert len(both) >= 10  # sources in the training split of both trials
+    assert all(v[0][0] != v[1][0] and v[0][1] != v[1][1] for v in both)  # other seed, other image
+    generate(data_dir, tiny_checkpoint, *argv, methods=("cdga-pg", "edsam"))
+    assert digests(root) == first
+    again = str(tmp_path / "again")
+    write_image_dataset(os.path.join(again, "Tiny"), ENVS, ["cat", "dog"], per_class=3)
+    generate(again, tiny_checkpoint, *argv, methods=("cdga-pg", "edsam"))
+    assert digests(os.path.join(again, "synthetic", "Tiny")) == first
 
 
 def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(tiny_checkpoint, tmp_path):
@@ -370,3 +413,24 @@ def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(
     # 48 sources, each toward the two other envs; one worker of one thread makes the same bytes as two
     assert cli_main([*argv, "--synthetic_root", str(tmp_path / "reference"), "--workers", "1"]) == 0
     assert digests(images) == digests(tmp_path / "reference" / "Tiny") and len(digests(images)) == 96
+
+
+def test_composite_is_cdga_igs_transplant_of_the_same_pairs_without_diffusion(generated, tiny_checkpoint):
+    """The Composite control writes, for CDGA-IG's own pairs and guides, the transplant CDGA-IG diffuses."""
+    import torch
+    from domainbed_diffusion.methods.style import transplant
+    from offline_generation.sources import load_image
+    generate(generated, tiny_checkpoint, methods=("composite",))
+    records = read_manifests(os.path.join(generated, "synthetic", "Tiny"))
+    ig = {(r["source"], r["guide_env"], r["params"]["trial_seed"]): r["guide"] for r in records
+          if r["method"] == "cdga-ig"}
+    composite = [r for r in records if r["method"] == "composite"]
+    assert len(composite) == len(ig) and all(
+        ig[(r["source"], r["guide_env"], r["params"]["trial_seed"])] == r["guide"] for r in composite)
+    r = composite[0]
+    source, _ = load_image(os.path.join(generated, "Tiny", r["source"]), 32)
+    guide, _ = load_image(os.path.join(generated, "Tiny", r["guide"]), 32)
+    expected = transplant(torch.from_numpy(source)[None], torch.from_numpy(guide)[None])[0]
+    expected = (expected.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    made = np.asarray(Image.open(os.path.join(generated, "synthetic", "Tiny", r["file"])).convert("RGB"))
+    assert np.array_equal(made, expected)

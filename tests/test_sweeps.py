@@ -4,6 +4,8 @@ import importlib.util
 import math
 import os
 
+import numpy as np
+
 from conftest import REPO, needs_domainbed
 
 
@@ -154,3 +156,78 @@ def test_runs_from_before_the_checkpoint_frequency_are_named_for_deletion(tmp_pa
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
     assert main.stale_runs(sweep) == [os.path.join(sweep, "ERM_1_0")]
+
+
+def test_the_studys_families_are_holm_corrected_each_on_its_own():
+    """Primary (methods - ERM) and secondary (methods - controls) families: each comparison's Holm p is over its
+    own family only, a pair with a missing row is skipped, and the table's vs-ERM column is the primary family's."""
+    from scipy import stats
+    from domainbed_diffusion.results import comparisons, tables
+    study = load("study")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.4, 0.6, 6)
+    rows = {"ERM": base}
+    for k, name in enumerate(study.METHODS + ["Regenerated", "Composite", "ERM_FusionMatched"]):
+        rows[name] = base + 0.01 * k + rng.normal(0, 0.01, 6)
+    tidy = tidy_of({name: ([[v, v] for v in values], 0.1, 24) for name, values in rows.items()})
+    tidy["environments"] = {"DigitStyles": ["a", "b"]}
+    for item in tidy["runs"] + tidy["choices"]:
+        item["dataset"] = "DigitStyles"
+    table = study.analyse(tidy, "training")
+    got = {(c["family"], c["row"], c["other"]): c for c in table["comparisons"]}
+    for family, pairs in study.FAMILIES.items():
+        present = [(a, b) for a, b in pairs if a in rows and b in rows]
+        raw = [stats.ttest_rel(rows[a], rows[b]).pvalue for a, b in present]
+        for (a, b), p in zip(present, comparisons.holm(raw)):
+            assert math.isclose(got[family, a, b]["p_holm"], p, rel_tol=1e-9)
+            assert got[family, a, b]["verdict"] in ("differs", "equivalent", "differs, within margin",
+                                                     "inconclusive")
+    assert ("secondary", "EDSAM", "Regenerated_Balanced") not in got  # no such row here: skipped
+    by_row = {r["row"]: r for r in table["rows"]}
+    assert by_row["MIRO"]["vs_baseline"] is got["primary", "MIRO", "ERM"]
+    assert by_row["Regenerated"]["vs_baseline"] is None  # a control is read against its method, not ERM
+    text = study.text(table, "")
+    assert "Primary family (6 comparisons" in text and "CDGA_IG - Composite" in text
+
+
+@needs_domainbed
+def test_the_fresh_trial_sweep_is_the_stock_job_list_with_moved_trial_seeds():
+    from domainbed.lib import misc
+    from domainbed.scripts import sweep as stock
+    from domainbed_diffusion.launchers import sweep
+    argv = ["launch", "--trial_seed_from", "100", "--n_trials", "2", "--datasets", "DigitStyles", "--algorithms",
+            "ERM", "CDGA_IG", "--n_hparams", "1", "--data_dir", "/d", "--output_dir", "/o", "--command_launcher",
+            "dummy", "--single_test_envs", "--skip_confirmation"]
+    args = sweep.parser().parse_args(argv)
+    moved = sweep.job_arguments(args)
+    plain = stock.make_args_list(2, ["DigitStyles"], ["ERM", "CDGA_IG"], 0, 1, None, "/d", "domain_generalization",
+                                 0.2, True, None)
+    assert len(moved) == len(plain) == 16
+    for a, b in zip(moved, plain):
+        assert a["trial_seed"] == b["trial_seed"] + 100
+        assert a["seed"] == misc.seed_hash("DigitStyles", a["algorithm"], a["test_envs"], 0, a["trial_seed"])
+        assert {k: v for k, v in a.items() if k not in ("trial_seed", "seed")} == \
+            {k: v for k, v in b.items() if k not in ("trial_seed", "seed")}
+    assert not {stock.Job(a, "/o").output_dir for a in moved} & {stock.Job(b, "/o").output_dir for b in plain}
+
+
+@needs_domainbed
+def test_erm_fusion_matched_has_domainfusions_schedule_and_images_per_step():
+    from domainbed import hparams_registry
+    import torch
+    from domainbed_diffusion.algorithms import lr_schedule
+    fusion = hparams_registry.default_hparams("DomainFusion", "DigitStyles")
+    matched = hparams_registry.default_hparams("ERM_FusionMatched", "DigitStyles")
+    assert matched["batch_size"] == 2 * fusion["batch_size"] and matched["lr_schedule"] == fusion["lr_schedule"]
+    assert hparams_registry.default_hparams("ERM_FusionMatched", "PACS")["batch_size"] == \
+        2 * hparams_registry.default_hparams("DomainFusion", "PACS")["batch_size"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = lr_schedule(optimizer, "cosine", 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == 1.0 and math.isclose(lrs[5], 0.5) and math.isclose(optimizer.param_groups[0]["lr"], 0.0,
+                                                                        abs_tol=1e-12)
+    assert lr_schedule(optimizer, "constant", 10) is None

@@ -206,3 +206,26 @@ def test_records_without_source_images_pass_the_split_filter(tmp_path):
     selected = SyntheticDomains(str(tmp_path), "Tiny").select("latent-prior", ENVS, CLASSES, [0],
                                                               training_sources={1: {"env_b/cat/img0.png"}, 2: set()})
     assert len(selected[1]) == 3 and len(selected[2]) == 0
+
+
+def test_a_run_reads_its_own_trials_draw_and_the_shared_draw_only_without_one(tmp_path):
+    """Records made per trial carry their split's digest: a run reads the ones of its own split, and only those
+    when there are any; a run whose trial has none reads the shared draw; a method that always fits on a split
+    (``per_split``) never falls back to a shared draw."""
+    root = str(tmp_path / "Tiny")
+    shared = [dict(file=f"edsam__env_b/cat/img{k}_0.png", method="edsam", source_env="env_b", class_name="cat",
+                   sample=0, params=dict(rho=0.5)) for k in range(2)]
+    drawn = [dict(file=f"edsam__env_b/cat/t{t}_img{k}_0.png", method="edsam", source_env="env_b", class_name="cat",
+                  sample=0, params=dict(rho=0.5, trial_seed=t, validation_digest=digest, holdout_fraction=0.2))
+             for t, digest in ((7, 111), (8, 222)) for k in range(3)]
+    write(root, shared + drawn, method="edsam")
+    domains = SyntheticDomains(str(tmp_path), "Tiny")
+
+    def files(digest, per_split=False):
+        selected = domains.select("edsam", ENVS, CLASSES, [0], validation_digests={1: digest, 2: 5},
+                                  per_split=per_split)
+        return sorted(r["file"].rsplit("/", 1)[1] for r in selected[1].records())
+    assert files(111) == ["t7_img0_0.png", "t7_img1_0.png", "t7_img2_0.png"]
+    assert files(222) == ["t8_img0_0.png", "t8_img1_0.png", "t8_img2_0.png"]
+    assert files(333) == ["img0_0.png", "img1_0.png"]
+    assert files(333, per_split=True) == [] and files(111, per_split=True)[0] == "t7_img0_0.png"

@@ -81,6 +81,36 @@ def stem(rel_path):
     return safe_name(os.path.splitext(os.path.basename(rel_path))[0])
 
 
+@dataclass(frozen=True)
+class Fit:
+    """The train/validation split a plan's images are made for: one planned trial's, or none (one draw that
+    serves every trial; the reader then drops the images whose source is in a run's validation split)."""
+    trial: Optional[int] = None
+    validation: Optional[Dict[str, Any]] = None  # env -> validation image paths of that trial
+    holdout_fraction: Optional[float] = None
+
+    @property
+    def keys(self):
+        """What the trial adds to an image's seed keys (nothing for a shared draw, or tensors of one split)."""
+        return () if self.trial is None else (self.trial,)
+
+    @property
+    def prefix(self):
+        return "".join(f"t{t}_" for t in self.keys)
+
+    def trains_on(self, image):
+        return self.validation is None or image.rel_path not in self.validation.get(image.env, ())
+
+    def params(self, env):
+        """The split's fields of a record whose source env is ``env`` (the reader matches the digest)."""
+        if self.validation is None:
+            return {}
+        split = dict(holdout_fraction=self.holdout_fraction, validation_digest=splits.digest(self.validation[env]))
+        if self.trial is not None:
+            split["trial_seed"] = self.trial
+        return split
+
+
 class Runner:
     """A generation method's orchestration: ``plan`` yields units, ``run`` makes a batch of them. The math it
     calls lives in ``domainbed_diffusion.methods``, shared with the algorithms."""
@@ -98,16 +128,36 @@ class Runner:
         c = self.cfg
         return dict(steps=c.steps, strength=c.strength, guidance=c.guidance, resolution=c.resolution)
 
-    def item(self, source_env, class_name, name, seed_keys, guide_env=None, params=None, **fields):
+    def fits(self, sources):
+        """The splits to plan for: each planned trial's when made per trial, else one shared draw."""
+        c = self.cfg
+        if not c.per_trial:
+            return [Fit()]
+        return [Fit(trial, validation, c.holdout_fraction)
+                for trial, validation in sources.validation(c.trial_seeds, c.holdout_fraction).items()]
+
+    def source_units(self, sources, envs, items_of):
+        """Per fit, one unit per source image of ``envs`` in its training split: ``items_of(image, fit)`` gives
+        the unit's items (none: no unit)."""
+        for fit in self.fits(sources):
+            for image in sources.images:
+                if image.env in envs and fit.trains_on(image):
+                    items = items_of(image, fit)
+                    if items:
+                        yield Unit(items, image.rel_path)
+
+    def item(self, source_env, class_name, name, seed_keys, guide_env=None, params=None, fit=Fit(), **fields):
         """The ``Item`` of one output image: its file under the method's env folder, its seed from ``seed_keys``
-        (its path's parts), its parameters (``params()`` unless given) and provenance ``fields``."""
+        (its path's parts), its parameters (``params()`` unless given) and provenance ``fields``; made for
+        ``fit``'s trial, the trial prefixes its name and its seed keys, and its split is recorded."""
+        name, seed_keys = fit.prefix + name, (*fit.keys, *seed_keys)
+        params = dict(self.params() if params is None else params, **fit.params(source_env))
         file = f"{env_folder(self.name, source_env, guide_env)}/{safe_name(class_name)}/{name}.png"
         tag = getattr(self.cfg, "model_tag", None)
         if tag:  # one model per test env: each model's images in its own folder ("without-neon/...")
             file = f"{safe_name(tag)}/{file}"
         return Item(file=file, method=self.name, source_env=source_env, class_name=class_name,
-                    seed=self.seed(*seed_keys), guide_env=guide_env,
-                    params=self.params() if params is None else params, **fields)
+                    seed=self.seed(*seed_keys), guide_env=guide_env, params=params, **fields)
 
     def plan(self, sources, envs):
         """Yield the units of work in a fixed order."""
@@ -154,7 +204,7 @@ class MethodSpec:
     embedded_sampling: Dict[str, Any]  # the same for the embedded DigitStyles model (32 px)
     algorithm_class: Union[str, type]  # the algorithm's class, or "module:Class" (imported when DomainBed is)
     synthetic_mode: str = "union"  # how the algorithm mixes real and synthetic images (``SyntheticERM``)
-    per_split: bool = False  # images fitted on one train/validation split: a run uses only its own split's
+    per_split: bool = False  # always made per trial (it fits on a split): a run uses only its own trial's images
     hparams: Optional[Callable] = None  # the algorithm's own hyperparameter block (``hparams_registry``)
     options: Tuple[Option, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)  # settings the method does not take from the command line
@@ -162,7 +212,8 @@ class MethodSpec:
 
     def config(self, embedded=False, **given):
         """The method's settings: ``given`` values (None: not given) over its defaults for the model in use."""
-        cfg = SimpleNamespace(seed=0, dataset="", batch_size=32)
+        cfg = SimpleNamespace(seed=0, dataset="", batch_size=32, per_trial=False, trial_seeds=None,
+                              holdout_fraction=None)
         defaults = dict(self.embedded_sampling if embedded else self.sampling)
         defaults.update((o.name, o.default) for o in self.options)
         for key, value in given.items():
@@ -172,6 +223,9 @@ class MethodSpec:
                 setattr(cfg, key, value)
         for key, value in self.fixed.items():
             setattr(cfg, key, value)
+        cfg.per_trial = bool(cfg.per_trial) or self.per_split
+        cfg.trial_seeds = list(splits.TRIAL_SEEDS if cfg.trial_seeds is None else cfg.trial_seeds)
+        cfg.holdout_fraction = splits.HOLDOUT_FRACTION if cfg.holdout_fraction is None else cfg.holdout_fraction
         if isinstance(getattr(cfg, "tolerance", None), list):
             cfg.tolerance = tuple(cfg.tolerance)
         return cfg
@@ -182,14 +236,9 @@ class MethodSpec:
 
 # Options and sampling shared by several methods.
 IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)")
-# DomainBed's train/validation split of the trials a sweep will run: what a method fits on an env comes from it
-TRIAL_SEEDS = Option("trial_seeds", list(splits.TRIAL_SEEDS), int, "CDGA-IG, latent-prior: the sweep's trial "
-                     "seeds, whose train/validation splits guides and priors must respect", nargs="+")
-HOLDOUT_FRACTION = Option("holdout_fraction", splits.HOLDOUT_FRACTION, float, "CDGA-IG, latent-prior: the "
-                          "train script's --holdout_fraction")
 # Sampling: the papers' where they say (ED-SAM: 10 DDIM steps at 256 px; CDGA: SD's img2img defaults at about
-# DomainBed's input size), and small ones for the embedded DigitStyles model.
+# DomainBed's input size), and small ones for the embedded DigitStyles model, at CDGA's strength for both CDGAs.
 CDGA_SAMPLING = dict(steps=50, strength=0.75, guidance=7.5, resolution=256)
-EMBEDDED_IMG2IMG = dict(steps=10, strength=0.6, guidance=3.0, resolution=32)
+EMBEDDED_IMG2IMG = dict(steps=10, strength=0.75, guidance=3.0, resolution=32)
 INVERSION_SAMPLING = dict(steps=10, strength=1.0, guidance=1.0, resolution=256)
 EMBEDDED_INVERSION = dict(INVERSION_SAMPLING, resolution=32)

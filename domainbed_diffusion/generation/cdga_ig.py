@@ -4,8 +4,7 @@ import torch
 
 from .. import hparams_registry
 from ..methods import cdga
-from .base import (CDGA_SAMPLING, EMBEDDED_IMG2IMG, HOLDOUT_FRACTION, IMAGES_PER_PAIR, TRIAL_SEEDS, MethodSpec, Option,
-                   to_uint8)
+from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, to_uint8
 from .cdga_pg import CDGAPromptGuided
 
 
@@ -13,21 +12,20 @@ class CDGAImageGuided(CDGAPromptGuided):
     name = "cdga-ig"
 
     def params(self):
-        return dict(super().params(), guide_mix=self.cfg.guide_mix, holdout_fraction=self.cfg.holdout_fraction)
+        return dict(super().params(), guide_mix=self.cfg.guide_mix)
 
     def plan(self, sources, envs):
-        """Guides are drawn from the images in the training split of every planned trial, so a run of any of
-        those trials loses no pair to a guide in its validation split."""
-        validation = sources.validation(self.cfg.trial_seeds, self.cfg.holdout_fraction)
-        pools = {}  # (env, class) -> its usable guide paths, sorted once
+        """Always per trial: each planned trial's guides come from that trial's own training split, so no guide
+        is a validation image of the run that reads the pair, and the pool does not shrink with the trials."""
+        pools = {}  # (trial, env, class) -> its usable guide paths, sorted once
 
-        def guidance(image, guide_env, k):
-            key = (guide_env, image.class_name)
+        def guidance(image, guide_env, k, fit):
+            key = (fit.trial, guide_env, image.class_name)
             if key not in pools:
-                pools[key] = sorted(g.rel_path for g in sources.by_env_class.get(key, [])
-                                    if not any(g.rel_path in v[guide_env] for v in validation.values()))
-            guide = cdga.choose_guide(pools[key], f"{self.cfg.seed}|{image.rel_path}|{guide_env}|{k}",
-                                      presorted=True)
+                pools[key] = sorted(g.rel_path for g in sources.by_env_class.get((guide_env, image.class_name), [])
+                                    if fit.trains_on(g))
+            guide = cdga.choose_guide(pools[key], "|".join(map(str, (self.cfg.seed, *fit.keys, image.rel_path,
+                                                                     guide_env, k))), presorted=True)
             # env j may have no (usable) image of this class: no item then
             return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
         return self.pair_units(sources, envs, guidance)
@@ -55,9 +53,8 @@ class CDGAImageGuided(CDGAPromptGuided):
 
 
 SPEC = MethodSpec(
-    # embedded: CDGA's (Stable Diffusion's) img2img strength 0.75, so the model redraws the transplant's seams
-    "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, dict(EMBEDDED_IMG2IMG, strength=0.75),
+    "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
     algorithm_class="domainbed_diffusion.algorithms:CDGA_IG", synthetic_mode="union", hparams=hparams_registry.cdga,
     options=(IMAGES_PER_PAIR,
-             Option("guide_mix", 1.0, float, "CDGA-IG: how much of the transplant onto the guide (0: the source)"),
-             TRIAL_SEEDS, HOLDOUT_FRACTION))
+             Option("guide_mix", 1.0, float, "CDGA-IG: how much of the transplant onto the guide (0: the source)")),
+    per_split=True)

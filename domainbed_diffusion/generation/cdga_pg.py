@@ -4,7 +4,7 @@ import torch
 
 from .. import hparams_registry
 from ..methods import cdga
-from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, Runner, Unit, stem, to_uint8
+from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, Runner, stem, to_uint8
 
 
 class CDGAPromptGuided(Runner):
@@ -12,25 +12,23 @@ class CDGAPromptGuided(Runner):
 
     def plan(self, sources, envs):
         descriptions = cdga.load_descriptions(sources.name, envs, self.cfg.domain_descriptions)
-        return self.pair_units(sources, envs, lambda image, guide_env, k: dict(
+        return self.pair_units(sources, envs, lambda image, guide_env, k, fit: dict(
             prompt=cdga.pg_prompt(image.class_name, descriptions[guide_env], self.cfg.prompt_template)))
 
     def pair_units(self, sources, envs, guidance):
-        """One unit per source image of ``envs`` with an item per (other env, k); ``guidance`` gives an item's
-        prompt/guide fields, or None where there is nothing to guide it with."""
-        for image in sources.images:
-            if image.env not in envs:
-                continue
+        """One unit per source image of ``envs`` (per fit) with an item per (other env, k); ``guidance(image,
+        guide_env, k, fit)`` gives an item's prompt/guide fields, or None where there is nothing to guide it with."""
+        def items_of(image, fit):
             items = []
             for guide_env in envs:
                 for k in range(self.cfg.images_per_pair if guide_env != image.env else 0):
-                    fields = guidance(image, guide_env, k)
+                    fields = guidance(image, guide_env, k, fit)
                     if fields is not None:
                         items.append(self.item(image.env, image.class_name, f"{stem(image.rel_path)}_{k}",
                                                (image.rel_path, guide_env, k), guide_env=guide_env, sample=k,
-                                               source=image.rel_path, **fields))
-            if items:
-                yield Unit(items, image.rel_path)
+                                               source=image.rel_path, fit=fit, **fields))
+            return items
+        return self.source_units(sources, envs, items_of)
 
     def run(self, model, units, sources, report):
         units, latents = self.encode_sources(model, units, sources, report)  # once per source, then one per item

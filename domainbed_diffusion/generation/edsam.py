@@ -3,7 +3,7 @@ transport transformation (``methods.edsam``), regenerate; ``EDSAM`` trains on Eq
 terms."""
 from .. import hparams_registry
 from ..methods import cdga, edsam
-from .base import EMBEDDED_INVERSION, INVERSION_SAMPLING, MethodSpec, Option, Runner, Unit, stem, to_uint8
+from .base import EMBEDDED_INVERSION, INVERSION_SAMPLING, MethodSpec, Option, Runner, stem, to_uint8
 
 
 class EDSAMRunner(Runner):
@@ -14,13 +14,10 @@ class EDSAMRunner(Runner):
                     rho=self.cfg.rho, num_samples=self.cfg.num_samples)
 
     def plan(self, sources, envs):
-        for image in sources.images:
-            if image.env not in envs:
-                continue
-            items = [self.item(image.env, image.class_name, f"{stem(image.rel_path)}_{m}", (image.rel_path, m),
-                               sample=m, source=image.rel_path, prompt=cdga.class_prompt(image.class_name))
-                     for m in range(self.cfg.num_samples)]
-            yield Unit(items, image.rel_path)
+        return self.source_units(sources, envs, lambda image, fit: [
+            self.item(image.env, image.class_name, f"{stem(image.rel_path)}_{m}", (image.rel_path, m), sample=m,
+                      source=image.rel_path, prompt=cdga.class_prompt(image.class_name), fit=fit)
+            for m in range(self.cfg.num_samples)])
 
     def run(self, model, units, sources, report):
         units, latents = self.encode_sources(model, units, sources, report)

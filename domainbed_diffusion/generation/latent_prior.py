@@ -3,11 +3,9 @@ geometric rejection, DDIM denoising within the domain's bandwidth (``methods.lat
 trains on the union of real and synthetic images, each run on the images fitted on its own split."""
 import itertools
 
-from .. import splits
 from ..diffusion.pipeline import generators_from_seeds
 from ..methods import cdga, latent_prior
-from .base import (EMBEDDED_INVERSION, HOLDOUT_FRACTION, INVERSION_SAMPLING, TRIAL_SEEDS, MethodSpec, Option, Runner,
-                   Unit, to_uint8)
+from .base import EMBEDDED_INVERSION, INVERSION_SAMPLING, MethodSpec, Option, Runner, Unit, to_uint8
 
 
 def bandwidth(value):
@@ -42,28 +40,21 @@ class LatentPriorRunner(Runner):
         """Per planned trial, per (env, class): a prior fitted on that trial's training split only, so no
         validation image shapes what a run of that trial trains on; records carry the split's digest."""
         c = self.cfg
-        for trial, validation in sources.validation(c.trial_seeds, c.holdout_fraction).items():
+        for fit in self.fits(sources):
+            scope = [f"trial{t}" for t in fit.keys]  # none: tensors that are the run's own split
             for env in envs:
-                split = dict(holdout_fraction=c.holdout_fraction, validation_digest=splits.digest(validation[env]))
-                if trial is not None:
-                    split["trial_seed"] = trial
-                scope = () if trial is None else (trial,)  # None: tensors that are the run's own split
-                training = {name: [r.rel_path for r in sources.by_env_class.get((env, name), [])
-                                   if r.rel_path not in validation[env]] for name in sources.class_names}
-                domain = ("/".join([*(f"trial{t}" for t in scope), env]),
-                          self.domain_references(training, c.bandwidth_references))
+                training = {name: [r.rel_path for r in sources.by_env_class.get((env, name), []) if fit.trains_on(r)]
+                            for name in sources.class_names}
+                domain = ("/".join([*scope, env]), self.domain_references(training, c.bandwidth_references))
                 for class_name in sources.class_names:
                     refs = training[class_name]
                     if len(refs) < self.min_references:
                         continue
-                    key = "/".join([*(f"trial{t}" for t in scope), env, class_name])
-                    prefix = "".join(f"t{t}_" for t in scope) + "prior"
                     n = max(1, round(c.samples_per_image * len(refs)))
-                    items = [self.item(env, class_name, f"{prefix}_{k:06d}", (*scope, env, class_name, k),
-                                       params=dict(self.params(), **split), sample=k,
+                    items = [self.item(env, class_name, f"prior_{k:06d}", (env, class_name, k), fit=fit, sample=k,
                                        prompt=cdga.class_prompt(class_name))
                              for k in range(n)]
-                    yield Unit(items, key, tuple(refs), domain)
+                    yield Unit(items, "/".join([*scope, env, class_name]), tuple(refs), domain)
 
     @staticmethod
     def domain_references(training, n):
@@ -129,6 +120,5 @@ SPEC = MethodSpec(
         Option("tolerance", latent_prior.DEFAULT_TOLERANCE, float, "latent-prior: tolerances of the pairwise "
                "distance (relative), the pairwise angle and the angle to origin (degrees)", nargs=3),
         Option("samples_per_image", 1.0, float, "latent-prior: images per reference image"),
-        Option("max_tries", 20, int, "latent-prior: candidates drawn per wanted image, at most"),
-        TRIAL_SEEDS, HOLDOUT_FRACTION),
+        Option("max_tries", 20, int, "latent-prior: candidates drawn per wanted image, at most")),
     fixed=dict(strength=1.0))

@@ -80,30 +80,57 @@ def compare(tables, baseline="ERM", family="all", margin=None, contrasts=(), alp
         by_row = {r["row"]: r for r in table["rows"]}
         pairs = [(r, baseline) for r in by_row if r != baseline and baseline in by_row]
         pairs += [(a, b) for a, b in contrasts if a in by_row and b in by_row and (a, b) not in pairs]
-        table["comparisons"] = []
-        for a, b in pairs:
-            c = dict(row=a, other=b, **comparisons.paired(by_row[a]["per_trial"], by_row[b]["per_trial"]))
-            if margin is not None:
-                c["equivalence"] = comparisons.equivalence(by_row[a]["per_trial"], by_row[b]["per_trial"], margin)
-            table["comparisons"].append(c)
+        table["comparisons"] = [_pair(by_row, a, b, margin) for a, b in pairs]
     groups = [[c for t in tables for c in t["comparisons"]]] if family == "all" else [t["comparisons"] for t in tables]
     for group in groups:
-        for c, p in zip(group, comparisons.holm([c["p"] for c in group])):
-            c["p_holm"] = p
-        if margin is not None:
-            for c, p in zip(group, comparisons.holm([c["equivalence"]["p"] for c in group])):
-                c["equivalence"]["p_holm"] = p
-                c["verdict"] = comparisons.verdict(c["p_holm"], p, alpha) if c["n"] > 1 else ""
-        for c in group:
-            c["family_size"] = sum(1 for x in group if x["p"] == x["p"])
+        _correct(group, margin, alpha)
     for table in tables:
-        base = next((r for r in table["rows"] if r["row"] == baseline), None)
-        for row in table["rows"]:
-            row["vs_baseline"] = next((c for c in table["comparisons"] if c["row"] == row["row"]
-                                       and c["other"] == baseline), None)
-            row["seconds_vs_baseline"] = (row["seconds_per_step"] / base["seconds_per_step"]
-                                          if base and base["seconds_per_step"] > 0 else None)
+        _baseline_columns(table, baseline)
     return tables
+
+
+def compare_families(table, families, baseline="ERM", margin=None, alpha=0.05):
+    """Pre-registered comparisons of one table: ``families`` maps a family's name to its ``(row, other)`` pairs;
+    each pair paired by trial seed on the per-trial Avg (with TOST at ``margin``), Holm within its own family. A
+    pair with a missing row is skipped. Sets ``table["comparisons"]`` (each with its ``family``); the table's
+    ``vs baseline`` column shows the comparisons with ``baseline`` that a family holds."""
+    by_row = {r["row"]: r for r in table["rows"]}
+    table["comparisons"] = []
+    for name, pairs in families.items():
+        group = [dict(_pair(by_row, a, b, margin), family=name) for a, b in pairs if a in by_row and b in by_row]
+        _correct(group, margin, alpha)
+        table["comparisons"] += group
+    _baseline_columns(table, baseline)
+    return table
+
+
+def _pair(by_row, a, b, margin):
+    """Row ``a`` minus row ``b``, paired by trial seed on the per-trial Avg; TOST too given a ``margin``."""
+    c = dict(row=a, other=b, **comparisons.paired(by_row[a]["per_trial"], by_row[b]["per_trial"]))
+    if margin is not None:
+        c["equivalence"] = comparisons.equivalence(by_row[a]["per_trial"], by_row[b]["per_trial"], margin)
+    return c
+
+
+def _correct(group, margin, alpha):
+    """Holm over one family: its differences' p-values, and with ``margin`` its equivalence p-values and verdicts."""
+    for c, p in zip(group, comparisons.holm([c["p"] for c in group])):
+        c["p_holm"] = p
+    if margin is not None:
+        for c, p in zip(group, comparisons.holm([c["equivalence"]["p"] for c in group])):
+            c["equivalence"]["p_holm"] = p
+            c["verdict"] = comparisons.verdict(c["p_holm"], p, alpha) if c["n"] > 1 else ""
+    for c in group:
+        c["family_size"] = sum(1 for x in group if x["p"] == x["p"])
+
+
+def _baseline_columns(table, baseline):
+    base = next((r for r in table["rows"] if r["row"] == baseline), None)
+    for row in table["rows"]:
+        row["vs_baseline"] = next((c for c in table["comparisons"] if c["row"] == row["row"]
+                                   and c["other"] == baseline), None)
+        row["seconds_vs_baseline"] = (row["seconds_per_step"] / base["seconds_per_step"]
+                                      if base and base["seconds_per_step"] > 0 else None)
 
 
 def _pct(v):
@@ -171,8 +198,9 @@ def contrast_lines(comparisons):
     for c in comparisons:
         if c["n"]:
             label = f"{c['row']} - {c['other']}" if c["other"] else c["row"]
-            lines.append(f"  {label:<40} {_diff(c):<24} p (Holm) {c['p_holm']:.3f}{' *' if c['p_holm'] < 0.05 else ''}"
-                         f"  n={c['n']}" + (f"  {c['verdict']}" if c.get("verdict") else ""))
+            p = f"p (Holm) {c['p_holm']:.3f}{' *' if c['p_holm'] < 0.05 else ''}" if c["n"] > 1 else "one trial: no p"
+            lines.append(f"  {label:<40} {_diff(c):<24} {p}  n={c['n']}" + (f"  {c['verdict']}" if c.get("verdict")
+                                                                          else ""))
     return lines
 
 

@@ -1,0 +1,37 @@
+"""A control, not a method: CDGA-IG's composite without diffusion (the source's foreground on its guide's
+background, ``style.transplant``), for the same pairs and guides as CDGA-IG's, written as they enter its img2img.
+``Composite`` trains on them as ``CDGA_IG`` does: what CDGA-IG's diffusion adds to its hand-made guide."""
+from .. import hparams_registry
+from ..methods.style import transplant
+from .base import MethodSpec, to_uint8
+from .cdga_ig import SPEC as CDGA_IG, CDGAImageGuided
+
+
+class CompositeRunner(CDGAImageGuided):
+    name = "composite"
+
+    def params(self):
+        return dict(resolution=self.cfg.resolution, guide_mix=self.cfg.guide_mix)
+
+    def run(self, model, units, sources, report):
+        pixels, ok = sources.load([u.key for u in units], self.cfg.resolution, report)
+        if pixels is None:
+            return []
+        units = [units[i] for i in ok]
+        items = [item for u in units for item in u.items]
+        index = [i for i, u in enumerate(units) for _ in u.items]
+        guides, ok = sources.load([it.guide for it in items], self.cfg.resolution, report)
+        if guides is None:
+            return []
+        items = [items[i] for i in ok]
+        return list(zip(items, to_uint8(transplant(pixels[[index[i] for i in ok]], guides, self.cfg.guide_mix))))
+
+    @staticmethod
+    def flops(cfg, unet, encode, decode):
+        return 0  # pixel arithmetic only
+
+
+SPEC = MethodSpec(
+    "composite", "Composite", CompositeRunner, CDGA_IG.sampling, CDGA_IG.embedded_sampling,
+    algorithm_class="domainbed_diffusion.algorithms:Composite", synthetic_mode="union",
+    hparams=hparams_registry.cdga, options=CDGA_IG.options, per_split=True, control=True)
