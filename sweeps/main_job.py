@@ -5,7 +5,7 @@
 
 1. writes DigitStyles (scikit-learn's digits in four styles) in DomainBed's folder layout;
 2. generates every method's synthetic domains with the embedded diffusion models, one per test env: the images
-   a run with test env k reads were made by the model that never saw style k (resumable);
+   a run with test env k reads were made by the model that never saw style k, a draw per trial (resumable);
 3. writes a preview grid of each method's synthetic images;
 4. writes the synthetic-domain report (``python -m offline_generation report``: label fidelity, style
    attribution, FID/KID, copies, a map) under ``<output_dir>/report``;
@@ -16,9 +16,10 @@
    each table; saves them with the tidy per-run file (runs.json), an accuracy chart and a forest plot.
 
 ``--ablation`` then runs the controls (``catalogue.CONTROLS``: augmentation, fewer real images, regenerations
-that move toward no style) and the rows that use a diffusion model with the all-styles model (it saw every
-benchmark style; those runs opt in with ``UNSAFE_generator_saw_test_env``), in ``<output_dir>/ablation``, and
-reads each row against its control and against itself with the all-styles model, paired by trial seed.
+that move toward no style, CDGA-IG's composite without diffusion, ERM with DomainFusion's schedule and batch) and
+the rows that use a diffusion model with the all-styles model (it saw every benchmark style; those runs opt in
+with ``UNSAFE_generator_saw_test_env``), in ``<output_dir>/ablation``, and reads each row against its control and
+against itself with the all-styles model, paired by trial seed.
 """
 import argparse
 import importlib.util
@@ -114,9 +115,9 @@ def title(profile):
 
 # What each control reads (the ablation table): (row, control), each difference paired by trial seed.
 READINGS = (
-    ("CDGA_PG", "Regenerated"), ("CDGA_IG", "Regenerated"), ("EDSAM", "Regenerated_Balanced"),
-    ("LatentPrior", "Regenerated_Balanced"), ("Regenerated", "ERM_RealMatched"), ("ERM_Augment", "ERM"),
-    ("ERM_RealMatched", "ERM"),
+    ("CDGA_PG", "Regenerated"), ("CDGA_IG", "Regenerated"), ("CDGA_IG", "Composite"),
+    ("EDSAM", "Regenerated_Balanced"), ("LatentPrior", "Regenerated_Balanced"), ("DomainFusion", "ERM_FusionMatched"),
+    ("Regenerated", "ERM_RealMatched"), ("ERM_Augment", "ERM"), ("ERM_RealMatched", "ERM"),
 )
 
 
@@ -264,7 +265,7 @@ def main(argv=None):
         return generate(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
                          "--synthetic_root", os.path.join(data_dir, synthetic), "--num_samples", str(num_samples),
                          "--batch_size", "64", "--workers", str(workers),
-                         "--trial_seeds", *map(str, range(profile["trials"])), "--model", model,
+                         "--per_trial", "--trial_seeds", *map(str, range(profile["trials"])), "--model", model,
                          *profile["generation"]])
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
     methods = generated_methods(algorithms)
@@ -312,10 +313,11 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     from domainbed_diffusion import digitstyles
     start = time.time()
     folder = os.path.join(out, "ablation")
-    step("ablation 1/3 controls: regenerations (ED-SAM at rho = 0) and their sweep")
+    step("ablation 1/3 controls: regenerations (ED-SAM at rho = 0), CDGA-IG's composites, and their sweep")
     from domainbed import hparams_registry
     per_image = hparams_registry.default_hparams("Regenerated", "DigitStyles")["regenerations_per_image"]
-    code = generation(["regenerate"], "embedded", profile["synthetic"], per_image)
+    code = generation(["regenerate"], "embedded", profile["synthetic"], per_image) or \
+        generation(["composite"], "embedded", profile["synthetic"])
     if code:
         return code
     controls_dir = os.path.join(folder, "controls", "sweep")
