@@ -17,7 +17,8 @@ from domainbed_diffusion import catalogue
 from domainbed_diffusion.synthetic import SyntheticDataError
 
 INTERRUPTED = "interrupted: what was finished is kept; run the same command again to resume"
-SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "prepare", "train-embedded", "benchmark")
+SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "filter", "prepare", "train-embedded",
+               "benchmark")
 
 
 def _methods(names):
@@ -247,6 +248,35 @@ def report_main(argv):
     return run(args)
 
 
+def filter_main(argv):
+    from .features import EXTRACTORS
+    parser = argparse.ArgumentParser(prog="python -m offline_generation filter", parents=[data_parent()],
+                                     description="Drop synthetic images a classifier fitted on each run's own "
+                                                 "training data does not recognise as their label; writes a "
+                                                 "named filtered selection, deletes nothing.")
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--name", default="label", help="the selection's name: the hparam synthetic_filter")
+    parser.add_argument("--test_envs", nargs="+", default=None, help="default: every env in turn")
+    parser.add_argument("--trial_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--criterion", default="disagree", choices=("disagree", "none"),
+                        help="disagree: drop an image whose predicted label is not its own (none: only the "
+                             "thresholds below)")
+    parser.add_argument("--min_confidence", type=float, default=None,
+                        help="drop an image whose probability of its own label is below this")
+    parser.add_argument("--max_entropy", type=float, default=None,
+                        help="drop an image whose predictive entropy (nats) is above this")
+    parser.add_argument("--per_class", type=int, default=200,
+                        help="real images per (env, class) the probe fits on, at most")
+    parser.add_argument("--extractor", default="auto", choices=EXTRACTORS)
+    parser.add_argument("--extractor_weights", default=None)
+    parser.add_argument("--random_weights", action="store_true", help="smoke tests only")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache_dir", default=None, help="feature cache (default: <dataset root>/filter_cache)")
+    from .filtering import run
+    return run(parser.parse_args(argv))
+
+
 def prepare_main(argv):
     from domainbed_diffusion.digitstyles import main
     return main(argv)
@@ -297,7 +327,8 @@ def main(argv=None):
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     argv = _modern(argv, command)
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
-               "report": report_main, "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+               "report": report_main, "filter": filter_main, "prepare": prepare_main,
+               "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     from .generate import WORKER, WorkerFailed
     try:
         handler(argv)

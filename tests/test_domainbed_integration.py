@@ -18,6 +18,7 @@ from PIL import Image
 
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.generators import GeneratorLeakError
+from domainbed_diffusion.synthetic import SyntheticDataError
 
 from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
@@ -544,7 +545,9 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
         del dataset
 
 
-def test_cdga_ig_loses_no_pair_to_a_validation_guide_in_a_planned_trial(synthetic_digitstyles, capsys):
+def test_cdga_ig_reads_its_own_trials_pairs_and_refuses_a_trial_not_made(synthetic_digitstyles):
+    """CDGA-IG's pairs are made per trial: a run of a planned trial reads only its trial's, none lost to a guide in
+    its validation split; a run of a trial the generator did not make is refused with the generator command."""
     hparams = hparams_registry.default_hparams("CDGA_IG", "DigitStyles")
     for trial in (0, 1, 2):  # the generator's default --trial_seeds
         dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], hparams)
@@ -552,13 +555,14 @@ def test_cdga_ig_loses_no_pair_to_a_validation_guide_in_a_planned_trial(syntheti
             misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
         algorithm = algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
         assert sum(d.selection.guides_not_trained for d in algorithm.synthetic.datasets) == 0
+        assert {r["params"]["trial_seed"] for d in algorithm.synthetic.datasets for r in d.selection.records()} \
+            == {trial}
         del algorithm, dataset
     dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], hparams)
-    for i, env in enumerate(dataset):  # a trial the generator did not plan for: pairs are lost, and reported
+    for i, env in enumerate(dataset):
         misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(5, i))
-    algorithm = algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
-    lost = sum(d.selection.guides_not_trained for d in algorithm.synthetic.datasets)
-    assert lost > 0 and f"CDGA_IG: {lost} of" in capsys.readouterr().out
+    with pytest.raises(SyntheticDataError, match="fitted on this run's train/validation split"):
+        algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
 
 
 def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_as_oracle(digitstyles_dir):
@@ -747,3 +751,110 @@ def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_result
         choice = chosen[group["algorithm"], group["test_env"]]
         assert choice["hparams_seed"] == best["hparams_seed"]
         assert choice["test_acc"] == model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])
+
+
+# -- options of every algorithm: synthetic data for any algorithm, SWAD ---------------------------------------
+def test_with_no_option_an_algorithm_is_the_stock_object_and_a_stock_run_is_unchanged(tmp_path):
+    """DomainBed's lookup returns a class that builds the stock object when a run asks for no option, and a
+    stock run's accuracies with the plugin equal those of the same run with the plugin disabled."""
+    from domainbed import algorithms as stock
+    hparams = hparams_registry.default_hparams("ERM", "Debug28")
+    assert type(algorithms.get_algorithm_class("ERM")((3, 28, 28), 2, 2, hparams)) is stock.ERM
+    accuracies = []
+    for disabled in ("0", "1"):
+        out = str(tmp_path / f"disabled{disabled}")
+        result = run(["-m", "domainbed.scripts.train", "--dataset", "Debug28", "--algorithm", "CORAL", "--data_dir",
+                      str(tmp_path), "--test_envs", "0", "--steps", "3", "--output_dir", out],
+                     DOMAINBED_DIFFUSION_DISABLE=disabled)
+        assert result.returncode == 0, result.stderr[-2000:]
+        with open(os.path.join(out, "results.jsonl")) as f:
+            accuracies.append([{k: v for k, v in json.loads(line).items() if k.endswith("_acc")} for line in f])
+    assert accuracies[0] == accuracies[1] and accuracies[0]
+
+
+def test_coral_trains_with_a_methods_images_as_extra_environments(synthetic_digitstyles, tmp_path, monkeypatch):
+    """The stock train script, CORAL, test env ink, CDGA-PG's images as one extra environment: CORAL is built
+    with 4 domains and each step gets a fourth minibatch of those images, none from a validation split or by a
+    model that saw ink; results.jsonl keeps DigitStyles' four envs and their indices."""
+    import runpy
+    from domainbed_diffusion import options
+    seen = []
+    original = options._Extras.minibatches
+
+    def recording(self, minibatches):
+        out = original(self, minibatches)
+        seen.append([len(x) for x, _ in out])
+        return out
+    monkeypatch.setattr(options._Extras, "minibatches", recording)
+    out = str(tmp_path / "coral")
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--dataset", "DigitStyles", "--algorithm", "CORAL", "--data_dir", synthetic_digitstyles,
+        "--test_envs", "1", "--steps", "2", "--output_dir", out,
+        "--hparams", json.dumps({"synthetic_methods": ["cdga-pg"], "synthetic_as": "environments"})])
+    scope = runpy.run_module("domainbed.scripts.train", run_name="__main__")
+    algorithm, dataset = scope["algorithm"], scope["dataset"]
+    assert isinstance(algorithm, algorithms.CORAL) and algorithm.num_domains == 4
+    assert seen == [[8, 8, 8, 8], [8, 8, 8, 8]]
+    extra = algorithm._extras.stream.datasets[0]
+    records = [r for part in extra.datasets for r in part.selection.records()]
+    assert records and {r["source_env"] for r in records} == {"blueprint", "neon", "sketch"}
+    assert {r["model_id"].split("@")[0] for r in records} == {"embedded-without-ink"}
+    validation = {i: {os.path.relpath(dataset[i].samples[k][0], dataset.dir) for k in scope["out_splits"][i][0].keys}
+                  for i in (0, 2, 3)}
+    assert not [r for r in records if r["source"] in validation[dataset.ENVIRONMENTS.index(r["source_env"])]]
+    with open(os.path.join(out, "results.jsonl")) as f:
+        record = json.loads(f.readline())
+    assert sorted(k for k in record if k.endswith("_in_acc")) == [f"env{i}_in_acc" for i in range(4)]
+
+
+def test_any_algorithm_mixes_named_methods_images_into_each_envs_minibatch(synthetic_digitstyles):
+    """ERM with CDGA-PG's and ED-SAM's images: each env's synthetic set is both methods' images of that env, each
+    slot synthetic at the union's share, ERM's images per step unchanged."""
+    from domainbed_diffusion import options
+    hparams = dict(hparams_registry.default_hparams("ERM", "DigitStyles"), synthetic_methods=["cdga-pg", "edsam"])
+    dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [1], hparams)
+    for i, env in enumerate(dataset):
+        misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i))
+    algorithm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
+    assert isinstance(algorithm, options.WithOptions) and algorithm._extras.mode == "minibatch"
+    for env_index, union in zip((0, 2, 3), algorithm._extras.stream.datasets):
+        methods = [{r["method"] for r in part.selection.records()} for part in union.datasets]
+        assert methods == [{"cdga-pg"}, {"edsam"}]
+        assert all(r["source_env"] == dataset.ENVIRONMENTS[env_index] for part in union.datasets
+                   for r in part.selection.records())
+    assert all(0 < s < 1 for s in algorithm._extras.shares)
+    batches = _minibatches(dataset, 8, [0, 2, 3])
+    mixed = algorithm._extras.minibatches(batches)
+    assert [len(x) for x, _ in mixed] == [8, 8, 8]
+    assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(mixed, batches))
+    assert "loss" in algorithm.update(batches)
+
+
+def test_swad_row_through_the_stock_train_script(digitstyles_dir, tmp_path, monkeypatch):
+    """CORAL_SWAD: CORAL's hparams and SWAD's; the last record is the averaged model's (``swad_model``) and it is
+    what the results command reads of the run; an algorithm that does not predict with ``network`` is refused."""
+    import runpy
+    from domainbed_diffusion.results import records as reading
+    hparams = hparams_registry.default_hparams("CORAL_SWAD", "DigitStyles")
+    assert hparams["mmd_gamma"] == hparams_registry.default_hparams("CORAL", "DigitStyles")["mmd_gamma"]
+    assert (hparams["swad_n_converge"], hparams["swad_n_tolerance"], hparams["swad_eval_every"]) == (3, 6, 5)
+    out = str(tmp_path / "coral_swad")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", "CORAL_SWAD",
+                                      "--data_dir", digitstyles_dir, "--test_envs", "0", "--steps", "40",
+                                      "--checkpoint_freq", "20", "--output_dir", out])
+    algorithm = runpy.run_module("domainbed.scripts.train", run_name="__main__")["algorithm"]
+    state = algorithm._swad_state
+    assert state.final is not None and len(state.averager.schedule.losses) == 8
+    with open(os.path.join(out, "results.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [r.get("swad_model") for r in lines] == [None, None, 1]
+    assert lines[-1]["swad_segments"] == len(state.averager.schedule.joined) > 0
+    x = torch.zeros(2, 3, 32, 32)
+    algorithm.eval()
+    assert torch.equal(algorithm.predict(x), state.final(x))
+    run_read = reading.read_run(out, reading.Reading())
+    assert [r["step"] for r in run_read["records"]] == [39]
+    sagnet = hparams_registry.default_hparams("SagNet_SWAD", "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], sagnet)
+    with pytest.raises(ValueError, match="SagNet_SWAD: SWAD averages the algorithm's `network`"):
+        algorithms.get_algorithm_class("SagNet_SWAD")(dataset.input_shape, 10, 3, sagnet)
