@@ -37,6 +37,14 @@ def read_groups(path):
     return groups
 
 
+def dropped_files(path, trial_seed):
+    """Every file a filter dropped for any test env of one trial (the report's view of a filtered selection)."""
+    if not os.path.isfile(path):
+        raise SyntheticDataError(f"no filter {path}: make it with `python -m offline_generation filter`")
+    return {f for header, files in read_groups(path).values() if header and header["trial_seed"] == trial_seed
+            for f in files}
+
+
 def apply(selected, dataset_root, method, name, test_env_names, digests, command):
     """``selected`` (``{env index: Selection}``) without the images the filter ``name`` dropped for this run's
     test env and split (``digests``: env name -> validation digest of the run's training envs); an error naming

@@ -241,6 +241,8 @@ def report_main(argv):
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_map", action="store_true", help="skip the t-SNE map")
+    parser.add_argument("--synthetic_filter", default=None, metavar="NAME",
+                        help="measure only the images the filter NAME kept for --trial_seed (any test env)")
     args = parser.parse_args(argv)
     if args.per_group < 2:
         parser.error("--per_group must be at least 2")

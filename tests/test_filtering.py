@@ -85,3 +85,10 @@ def test_a_run_reads_what_the_filter_kept_and_a_missing_group_names_the_command(
         filtering.apply(selected, root, "edsam", "label", ["env a"], digests(5), "the command")
     with pytest.raises(SyntheticDataError, match="no filter .*filter.edsam.other.jsonl"):
         filtering.apply(selected, root, "edsam", "other", ["env a"], digests(0), "the command")
+
+
+def test_the_reports_view_of_a_filter_is_every_file_it_dropped_for_a_trial(filtered):
+    _, root = filtered
+    path = filtering.filter_path(root, "edsam", "label")
+    assert filtering.dropped_files(path, 0) == filtering.dropped_files(path, 1) == {"edsam__env_b/dog/made1.png"}
+    assert filtering.dropped_files(path, 7) == set()
