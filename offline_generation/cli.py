@@ -324,7 +324,17 @@ def benchmark_main(argv):
     return main(argv)
 
 
+def interruptible():
+    """Ctrl-C (SIGINT) stops this process even when it was started in the background, where shells start commands
+    with SIGINT ignored and every process they start inherits that."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None):
+    interruptible()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     argv = _modern(argv, command)

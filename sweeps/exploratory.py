@@ -131,6 +131,8 @@ def filter_drops(synthetic_root):
 
 
 if __name__ == "__main__":
+    from offline_generation.cli import interruptible
+    interruptible()
     try:
         sys.exit(main())
     except KeyboardInterrupt:
