@@ -357,12 +357,16 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
           f"ablation finished in {(time.time() - start) / 60:.1f} min")
     return 0
 
-if __name__ == "__main__":
-    from offline_generation.cli import interruptible
+def run_script(main):
+    """A sweep script's entry point: Ctrl-C stops it (even started in the background) with one line, exit 130."""
+    from offline_generation.cli import INTERRUPTED, interruptible
     interruptible()
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        from offline_generation.cli import INTERRUPTED
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_script(main)

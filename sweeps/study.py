@@ -172,11 +172,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from offline_generation.cli import interruptible
-    interruptible()
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        from offline_generation.cli import INTERRUPTED
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+    main_job.run_script(main)
