@@ -94,7 +94,8 @@ def test_only_the_catalogue_spells_the_list_of_algorithms():
     for folder in ("domainbed_diffusion", "offline_generation", "sweeps", "tests"):
         for root, _, files in os.walk(os.path.join(REPO, folder)):
             for name in files:
-                if not name.endswith(".py") or name == "catalogue.py":
+                # the pre-registered study fixes its rows in its protocol: they must not follow the catalogue
+                if not name.endswith(".py") or name == "catalogue.py" or (folder, name) == ("sweeps", "study.py"):
                     continue
                 text = open(os.path.join(root, name), encoding="utf-8").read()
                 for literal in pattern.findall(text):  # a list or tuple literal naming most algorithms
