@@ -87,15 +87,9 @@ class SyntheticERM(ERM):
         ctx = context.require(name, input_shape, num_domains, hparams)
         self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
-        if all(training_data.has_files(ctx.dataset[i]) for i in ctx.train_envs):
-            items = training_data.synthetic_items(ctx, self.METHOD, hparams, name, self.select_records(hparams),
-                                                  self.allow_test_guides(hparams),
-                                                  catalogue.spec(self.METHOD).per_split)
-            datasets = [training_data.SyntheticImages(items[i], training_data.env_transform(ctx, i), self.METHOD)
-                        for i in ctx.train_envs]
-        else:  # DomainBed's Debug datasets: tensors, no files to generate from offline
-            made = training_data.in_memory_synthetic(ctx, self.METHOD, hparams, base_seed)
-            datasets = [torch.utils.data.TensorDataset(*made[i]) for i in ctx.train_envs]
+        made = training_data.synthetic_datasets(ctx, self.METHOD, hparams, name, base_seed,
+                                                self.select_records(hparams), self.allow_test_guides(hparams))
+        datasets = [made[i] for i in ctx.train_envs]
         self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
                                                        getattr(ctx.dataset, "N_WORKERS", 0))
         # the synthetic share of each env's real + synthetic union
@@ -114,7 +108,7 @@ class SyntheticERM(ERM):
         """How many of an env's ``batch_size`` slots are synthetic this step (``union``/``balanced``)."""
         if self.hparams["synthetic_mode"] == "balanced":
             return batch_size // 2
-        return int((torch.rand(batch_size, generator=self._generator) < share).sum())
+        return training_data.union_slots(batch_size, share, self._generator)
 
     def update(self, minibatches, unlabeled=None):
         device = minibatches[0][0].device

@@ -184,6 +184,17 @@ class MissingRunContextError(RuntimeError):
     pass
 
 
+def synthetic_methods(hparams):
+    """The generation methods a run's ``synthetic_methods`` hparam names (a list, or one name; ``options``)."""
+    value = (hparams or {}).get("synthetic_methods") or []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def extra_environments(hparams):
+    """How many synthetic training environments an algorithm is built with beyond the real ones (``options``)."""
+    return len(synthetic_methods(hparams)) if (hparams or {}).get("synthetic_as") == "environments" else 0
+
+
 def _describe(ctx):
     return f"{ctx.dataset_name} (data_dir {ctx.data_dir}, test envs {ctx.test_envs})"
 
@@ -204,6 +215,8 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
 
     built_for = (f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} "
                  f"training domains")
+    if num_domains is not None:
+        num_domains -= extra_environments(hparams)  # synthetic environments are not envs of the dataset
 
     def fits(ctx, dataset):
         shape = tuple(getattr(dataset, "input_shape", ()) or ())

@@ -39,9 +39,9 @@ class Hparams:
             self.define(name, default_val, random_val_fn)
 
 
-def extend(hparams, algorithm, dataset, random_seed, entry=None):
+def extend(hparams, algorithm, dataset, random_seed, entry=None, swad_on=False):
     """Add the plugin's entries to DomainBed's ``{name: (default, random)}`` dict, in place; ``entry`` is the
-    algorithm's catalogue entry (None for DomainBed's own algorithms)."""
+    algorithm's catalogue entry (None for DomainBed's own algorithms); ``swad_on``: its ``_SWAD`` variant."""
     hp = Hparams(hparams, random_seed)
     if dataset == DIGITSTYLES:  # dataset-wide, for every algorithm (DomainBed's included)
         hp.redefine("lr", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))  # DomainBed's small-image default
@@ -50,12 +50,52 @@ def extend(hparams, algorithm, dataset, random_seed, entry=None):
         # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
         hp.define("pretrained_featurizer", EMBEDDED, lambda r: EMBEDDED)
         hp.define("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
-    if entry is None:
-        return
-    if entry.spec is not None:
+    if entry is not None and entry.spec is not None:
         synthetic(hp, dataset, entry.spec.synthetic_mode)
-    if entry.hparams is not None:
+    if entry is not None and entry.hparams is not None:
         entry.hparams(hp, dataset)
+    every_algorithm(hp, dataset)
+    if swad_on:
+        swad(hp, dataset)
+
+
+SWAD_SUFFIX = "_SWAD"  # "<Name>_SWAD": any algorithm <Name> with SWAD (``options``)
+
+
+def swad_base(algorithm):
+    """``<Name>`` of an ``<Name>_SWAD`` algorithm name, else None."""
+    return algorithm[:-len(SWAD_SUFFIX)] if algorithm.endswith(SWAD_SUFFIX) and len(algorithm) > len(SWAD_SUFFIX) \
+        else None
+
+
+def every_algorithm(hp, dataset):
+    """The options of every algorithm (``options``), off by default: which generation methods' images a run also
+    reads, and how (each env's minibatch, or extra environments)."""
+    hp.define("synthetic_methods", [], lambda r: [])
+    hp.define("synthetic_as", "minibatch", lambda r: "minibatch")
+    if "synthetic_root" not in hp.hparams:
+        hp.define("synthetic_root", "", lambda r: "")
+    # "": every image; a name: the images `python -m offline_generation filter --name NAME` kept for the run
+    hp.define("synthetic_filter", "", lambda r: "")
+    if "UNSAFE_generator_saw_test_env" not in hp.hparams:
+        leak_opt_in(hp)
+
+
+# SWAD's evaluation interval per dataset: its paper's (PACS, OfficeHome, TerraIncognita 100, VLCS 50, DomainNet
+# 500); DigitStyles' 151 steps evaluated every 5 give 30 segments, room for its 3 + 6 evaluation windows.
+SWAD_EVAL_EVERY = {"PACS": 100, "VLCS": 50, "OfficeHome": 100, "TerraIncognita": 100, "DomainNet": 500,
+                   DIGITSTYLES: 5, "Debug28": 2, "Debug224": 2}
+
+
+def swad(hp, dataset):
+    """``<Name>_SWAD``: SWAD's loss-valley rules (its defaults; tolerance 0.2 on VLCS, as its paper's runs)."""
+    hp.define("swad_n_converge", 3, lambda r: 3)
+    hp.define("swad_n_tolerance", 6, lambda r: 6)
+    ratio = 0.2 if dataset == "VLCS" else 0.3
+    hp.define("swad_tolerance_ratio", ratio, lambda r: ratio)
+    every = SWAD_EVAL_EVERY.get(dataset, 100)
+    hp.define("swad_eval_every", every, lambda r: every)
+    hp.define("swad_bn_batches", 500, lambda r: 500)  # BatchNorm statistics recomputed on this many batches
 
 
 def synthetic(hp, dataset, mode):

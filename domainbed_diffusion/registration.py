@@ -29,6 +29,26 @@ def _algorithms(module):
         setattr(module, entry.algorithm, entry.load_class())
         if entry.algorithm not in module.ALGORITHMS:
             module.ALGORITHMS.append(entry.algorithm)
+    if not getattr(module.get_algorithm_class, "_with_options", False):
+        module.get_algorithm_class = _get_algorithm_class(module.get_algorithm_class)
+
+
+def _get_algorithm_class(stock):
+    """DomainBed's lookup, returning each class with the options of every algorithm (``options``), and
+    ``<Name>_SWAD`` for any ``<Name>`` it knows (not added to ``ALGORITHMS``: a sweep runs them only by name)."""
+    from . import options
+
+    @functools.wraps(stock)
+    def get_algorithm_class(algorithm_name):
+        base, swad_on = algorithm_name, False
+        if algorithm_name.endswith(options.SWAD_SUFFIX):
+            try:
+                stock(algorithm_name)  # a class of that very name comes first
+            except NotImplementedError:
+                base, swad_on = algorithm_name[:-len(options.SWAD_SUFFIX)], True
+        return options.with_options(stock(base), swad_on)
+    get_algorithm_class._with_options = True
+    return get_algorithm_class
 
 
 def _still_importing(entry):
@@ -46,8 +66,10 @@ def _hparams_registry(module):
 
     @functools.wraps(stock)
     def _hparams(algorithm, dataset, random_seed):
-        hparams = stock(algorithm, dataset, random_seed)
-        ours.extend(hparams, algorithm, dataset, random_seed, catalogue.entry(algorithm))
+        base = ours.swad_base(algorithm)  # "<Name>_SWAD": <Name>'s hparams and SWAD's
+        hparams = stock(base or algorithm, dataset, random_seed)
+        ours.extend(hparams, base or algorithm, dataset, random_seed, catalogue.entry(base or algorithm),
+                    swad_on=base is not None)
         return hparams
 
     module._hparams = _hparams

@@ -256,3 +256,8 @@ class Selection:
 
     def records(self):
         return [self.record(k) for k in range(len(self))]
+
+    def without(self, files):
+        """This selection less the images whose file (relative to the dataset root) is in ``files``."""
+        keep = np.asarray([self.index.file(int(row)) not in files for row in self.rows], dtype=bool)
+        return Selection(self.dataset_root, self.index, self.rows[keep], self.labels[keep], self.guides_not_trained)

@@ -100,6 +100,24 @@ class SyntheticImages(torch.utils.data.Dataset):
         return (self.transform(image) if self.transform else transforms.functional.to_tensor(image)), label
 
 
+def synthetic_datasets(ctx, method, hparams, algorithm_name, base_seed, where=None, allow_test_guides=False):
+    """``{training env index: Dataset}`` of ``method``'s images this run may use, through the env's transform:
+    read leak-free from disk (``synthetic_items``), or made in memory for DomainBed's Debug datasets (tensors, no
+    files to generate from offline)."""
+    if all(has_files(ctx.dataset[i]) for i in ctx.train_envs):
+        items = synthetic_items(ctx, method, hparams, algorithm_name, where, allow_test_guides,
+                                catalogue.spec(method).per_split)
+        return {i: SyntheticImages(items[i], env_transform(ctx, i), method) for i in ctx.train_envs}
+    made = in_memory_synthetic(ctx, method, hparams, base_seed)
+    return {i: torch.utils.data.TensorDataset(*made[i]) for i in ctx.train_envs}
+
+
+def union_slots(batch_size, share, generator):
+    """How many of a minibatch's slots are synthetic when each is drawn from the union of real and synthetic
+    images: each slot is synthetic with the synthetic share of that union."""
+    return int((torch.rand(batch_size, generator=generator) < share).sum())
+
+
 class SyntheticStream:
     """Per training env (in DomainBed's minibatch order), an endless stream of synthetic minibatches."""
 
@@ -121,6 +139,16 @@ def generator_command(ctx, method, hparams, extra=()):
     model = EMBEDDED if ctx.dataset_name in CPU_DATASETS else PAPERS_MODEL
     parts = ["python", "-m", "offline_generation", "--dataset", ctx.dataset_name, "--data_dir", ctx.data_dir,
              "--methods", method, "--model", model, *extra]
+    if hparams.get("synthetic_root"):
+        parts += ["--synthetic_root", hparams["synthetic_root"]]
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+def filter_command(ctx, method, hparams, name):
+    """The filter command line that makes the filter ``name`` a run of ``method`` asks for."""
+    parts = ["python", "-m", "offline_generation", "filter", "--dataset", ctx.dataset_name, "--data_dir",
+             ctx.data_dir, "--methods", method, "--name", name, "--test_envs",
+             *[ctx.env_names[i] for i in ctx.test_envs], *run_split_arguments(ctx)]
     if hparams.get("synthetic_root"):
         parts += ["--synthetic_root", hparams["synthetic_root"]]
     return " ".join(shlex.quote(str(p)) for p in parts)
@@ -164,6 +192,13 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
                                   generator_saw_test_env=bool(hparams.get(UNSAFE, False)), per_split=per_split)
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
+    if hparams.get("synthetic_filter"):
+        from . import filtering
+        name = hparams["synthetic_filter"]
+        digests = {ctx.env_names[i]: d for i, d in validation_digests(ctx).items()}
+        selected = filtering.apply(selected, domains.dataset_root, method, name,
+                                   [ctx.env_names[i] for i in ctx.test_envs], digests,
+                                   filter_command(ctx, method, hparams, name))
     empty = [ctx.env_names[i] for i, items in selected.items() if not items]
     if empty and per_split:
         args = ctx.train_args

@@ -17,7 +17,8 @@ from domainbed_diffusion import catalogue
 from domainbed_diffusion.synthetic import SyntheticDataError
 
 INTERRUPTED = "interrupted: what was finished is kept; run the same command again to resume"
-SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "prepare", "train-embedded", "benchmark")
+SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "filter", "prepare", "train-embedded",
+               "benchmark")
 
 
 def _methods(names):
@@ -240,11 +241,42 @@ def report_main(argv):
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_map", action="store_true", help="skip the t-SNE map")
+    parser.add_argument("--synthetic_filter", default=None, metavar="NAME",
+                        help="measure only the images the filter NAME kept for --trial_seed (any test env)")
     args = parser.parse_args(argv)
     if args.per_group < 2:
         parser.error("--per_group must be at least 2")
     from .report import run
     return run(args)
+
+
+def filter_main(argv):
+    from .features import EXTRACTORS
+    parser = argparse.ArgumentParser(prog="python -m offline_generation filter", parents=[data_parent()],
+                                     description="Drop synthetic images a classifier fitted on each run's own "
+                                                 "training data does not recognise as their label; writes a "
+                                                 "named filtered selection, deletes nothing.")
+    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--name", default="label", help="the selection's name: the hparam synthetic_filter")
+    parser.add_argument("--test_envs", nargs="+", default=None, help="default: every env in turn")
+    parser.add_argument("--trial_seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--criterion", default="disagree", choices=("disagree", "none"),
+                        help="disagree: drop an image whose predicted label is not its own (none: only the "
+                             "thresholds below)")
+    parser.add_argument("--min_confidence", type=float, default=None,
+                        help="drop an image whose probability of its own label is below this")
+    parser.add_argument("--max_entropy", type=float, default=None,
+                        help="drop an image whose predictive entropy (nats) is above this")
+    parser.add_argument("--per_class", type=int, default=200,
+                        help="real images per (env, class) the probe fits on, at most")
+    parser.add_argument("--extractor", default="auto", choices=EXTRACTORS)
+    parser.add_argument("--extractor_weights", default=None)
+    parser.add_argument("--random_weights", action="store_true", help="smoke tests only")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache_dir", default=None, help="feature cache (default: <dataset root>/filter_cache)")
+    from .filtering import run
+    return run(parser.parse_args(argv))
 
 
 def prepare_main(argv):
@@ -292,12 +324,23 @@ def benchmark_main(argv):
     return main(argv)
 
 
+def interruptible():
+    """Ctrl-C (SIGINT) stops this process even when it was started in the background, where shells start commands
+    with SIGINT ignored and every process they start inherits that."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None):
+    interruptible()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "generate"
     argv = _modern(argv, command)
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
-               "report": report_main, "prepare": prepare_main, "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
+               "report": report_main, "filter": filter_main, "prepare": prepare_main,
+               "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
     from .generate import WORKER, WorkerFailed
     try:
         handler(argv)

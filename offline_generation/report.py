@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from domainbed_diffusion import catalogue
+from domainbed_diffusion.filtering import dropped_files, filter_path
 from domainbed_diffusion.synthetic import SyntheticDomains, default_root
 from domainbed_diffusion.synthetic_index import SyntheticDataError, manifest_paths, open_index
 
@@ -137,8 +138,9 @@ class Report:
     """Real features and probes of one dataset, then one ``method`` entry per synthetic method."""
 
     def __init__(self, folder, extractor, cache, per_group=50, trial_seed=0, holdout_fraction=0.2, seed=0,
-                 stream=None):
+                 stream=None, synthetic_filter=None):
         self.folder, self.extractor, self.cache = folder, extractor, cache
+        self.trial_seed, self.synthetic_filter = trial_seed, synthetic_filter
         self.per_group, self.seed, self.stream = per_group, seed, stream
         self.envs, self.classes = folder.env_names, folder.class_names
         validation = folder.validation([trial_seed], holdout_fraction)[trial_seed]
@@ -211,6 +213,9 @@ class Report:
                                               self.folder.root)
         rows = sample(index, source_env, guide_env, labels, len(self.envs), len(self.classes), self.per_group,
                       self.seed)
+        if self.synthetic_filter:  # the sampled images the filter kept for this report's trial
+            dropped = dropped_files(filter_path(domains.dataset_root, method, self.synthetic_filter), self.trial_seed)
+            rows = rows[np.asarray([index.file(int(r)) not in dropped for r in rows], dtype=bool)]
         x = self.features([os.path.join(domains.dataset_root, index.file(int(r))) for r in rows], method)
         src, guide, y = source_env[rows], guide_env[rows], labels[rows]
         target = np.where(guide >= 0, guide, src)
@@ -414,11 +419,14 @@ def inputs_fingerprint(args, folder, domains, methods, extractor):
     digest = hashlib.sha256()
     options = dict(version=REPORT_VERSION, dataset=args.dataset, methods=methods, extractor=extractor.name,
                    per_group=args.per_group, trial_seed=args.trial_seed, holdout_fraction=args.holdout_fraction,
-                   seed=args.seed, no_map=args.no_map)
+                   seed=args.seed, no_map=args.no_map, synthetic_filter=getattr(args, "synthetic_filter", None))
     digest.update(json.dumps(options, sort_keys=True).encode())
     digest.update("\n".join(map(str, folder.images)).encode())
     for method in methods:
-        for path in sorted(manifest_paths(domains.dataset_root, method)):
+        files = sorted(manifest_paths(domains.dataset_root, method))
+        if options["synthetic_filter"]:
+            files.append(filter_path(domains.dataset_root, method, options["synthetic_filter"]))
+        for path in files:
             stat = os.stat(path)
             digest.update(f"{os.path.basename(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
@@ -465,9 +473,10 @@ def run(args, stream=None):
         return saved
     cache = feature_extractors.FeatureCache(args.cache_dir or os.path.join(out, "feature_cache"), extractor)
     report = Report(folder, extractor, cache, args.per_group, args.trial_seed, args.holdout_fraction, args.seed,
-                    stream)
+                    stream, args.synthetic_filter)
     result = dict(dataset=args.dataset, extractor=extractor.name, feature_dim=extractor.dim, envs=folder.env_names,
-                  per_group=args.per_group, near_copy_threshold=report.near_copy, reference=report.reference,
+                  per_group=args.per_group, synthetic_filter=args.synthetic_filter,
+                  near_copy_threshold=report.near_copy, reference=report.reference,
                   analysis_only="every classifier here is a probe for this report; no training path reads it",
                   inputs=fingerprint, methods={})
     parts = {}

@@ -358,6 +358,8 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
     return 0
 
 if __name__ == "__main__":
+    from offline_generation.cli import interruptible
+    interruptible()
     try:
         sys.exit(main())
     except KeyboardInterrupt:

@@ -172,6 +172,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from offline_generation.cli import interruptible
+    interruptible()
     try:
         sys.exit(main())
     except KeyboardInterrupt:

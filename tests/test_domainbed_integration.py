@@ -69,7 +69,11 @@ def test_fresh_processes_register_and_the_opt_out_works():
     on = json.loads(run(["-c", code]).stdout)
     off = json.loads(run(["-c", code], DOMAINBED_DIFFUSION_DISABLE="1").stdout)
     assert on[0] is True and off[0] is False
-    assert on[1:] == off[1:]  # DomainBed's own algorithms and datasets keep their hparams
+    # DomainBed's own algorithms and datasets keep their hparams; the plugin adds only the options of every
+    # algorithm, off (``options``)
+    added = dict(synthetic_methods=[], synthetic_as="minibatch", synthetic_root="", synthetic_filter="",
+                 UNSAFE_generator_saw_test_env=False)
+    assert on[1:] == [dict(stock, **added) for stock in off[1:]]
 
 
 def test_hparams_are_deterministic_and_random_search_varies():
@@ -751,3 +755,112 @@ def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_result
         choice = chosen[group["algorithm"], group["test_env"]]
         assert choice["hparams_seed"] == best["hparams_seed"]
         assert choice["test_acc"] == model_selection.IIDAccuracySelectionMethod.sweep_acc(group["records"])
+
+
+# -- options of every algorithm: synthetic data for any algorithm, SWAD ---------------------------------------
+def test_with_no_option_an_algorithm_is_the_stock_object_and_a_stock_run_is_unchanged(digitstyles_dir, tmp_path,
+                                                                                       monkeypatch):
+    """DomainBed's lookup returns a class that builds the stock object when a run asks for no option, and the
+    stock train script's accuracies through it equal those through DomainBed's own lookup."""
+    import runpy
+    from domainbed import algorithms as stock
+    hparams = hparams_registry.default_hparams("CORAL", "Debug28")
+    assert type(algorithms.get_algorithm_class("CORAL")((3, 28, 28), 2, 2, hparams)) is stock.CORAL
+    accuracies = []
+    for lookup in (stock.get_algorithm_class, stock.get_algorithm_class.__wrapped__):
+        monkeypatch.setattr(stock, "get_algorithm_class", lookup)
+        out = str(tmp_path / f"run{len(accuracies)}")
+        monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", "CORAL", "--data_dir",
+                                          digitstyles_dir, "--test_envs", "0", "--steps", "3", "--output_dir", out])
+        runpy.run_module("domainbed.scripts.train", run_name="__main__")
+        with open(os.path.join(out, "results.jsonl")) as f:
+            accuracies.append([{k: v for k, v in json.loads(line).items() if k.endswith("_acc")} for line in f])
+    assert accuracies[0] == accuracies[1] and accuracies[0]
+
+
+def test_coral_trains_with_a_methods_images_as_extra_environments(synthetic_digitstyles, tmp_path, monkeypatch):
+    """The stock train script, CORAL, test env ink, CDGA-PG's images as one extra environment: CORAL is built
+    with 4 domains and each step gets a fourth minibatch of those images, none from a validation split or by a
+    model that saw ink; results.jsonl keeps DigitStyles' four envs and their indices."""
+    import runpy
+    from domainbed_diffusion import options
+    seen = []
+    original = options._Extras.minibatches
+
+    def recording(self, minibatches):
+        out = original(self, minibatches)
+        seen.append([len(x) for x, _ in out])
+        return out
+    monkeypatch.setattr(options._Extras, "minibatches", recording)
+    out = str(tmp_path / "coral")
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--dataset", "DigitStyles", "--algorithm", "CORAL", "--data_dir", synthetic_digitstyles,
+        "--test_envs", "1", "--steps", "2", "--output_dir", out,
+        "--hparams", json.dumps({"synthetic_methods": ["cdga-pg"], "synthetic_as": "environments"})])
+    scope = runpy.run_module("domainbed.scripts.train", run_name="__main__")
+    algorithm, dataset = scope["algorithm"], scope["dataset"]
+    assert isinstance(algorithm, algorithms.CORAL)
+    assert seen == [[8, 8, 8, 8], [8, 8, 8, 8]]  # three real envs' minibatches, then the synthetic environment's
+    extra = algorithm._extras.stream.datasets[0]
+    records = [r for part in extra.datasets for r in part.selection.records()]
+    assert records and {r["source_env"] for r in records} == {"blueprint", "neon", "sketch"}
+    assert {r["model_id"].split("@")[0] for r in records} == {"embedded-without-ink"}
+    validation = {i: {os.path.relpath(dataset[i].samples[k][0], dataset.dir) for k in scope["out_splits"][i][0].keys}
+                  for i in (0, 2, 3)}
+    assert not [r for r in records if r["source"] in validation[dataset.ENVIRONMENTS.index(r["source_env"])]]
+    with open(os.path.join(out, "results.jsonl")) as f:
+        record = json.loads(f.readline())
+    assert sorted(k for k in record if k.endswith("_in_acc")) == [f"env{i}_in_acc" for i in range(4)]
+
+
+def test_any_algorithm_mixes_named_methods_images_into_each_envs_minibatch(synthetic_digitstyles):
+    """ERM with CDGA-PG's and ED-SAM's images: each env's synthetic set is both methods' images of that env, each
+    slot synthetic at the union's share, ERM's images per step unchanged."""
+    from domainbed_diffusion import options
+    hparams = dict(hparams_registry.default_hparams("ERM", "DigitStyles"), synthetic_methods=["cdga-pg", "edsam"])
+    dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [1], hparams)
+    for i, env in enumerate(dataset):
+        misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i))
+    algorithm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
+    assert isinstance(algorithm, options.WithOptions) and algorithm._extras.mode == "minibatch"
+    for env_index, union in zip((0, 2, 3), algorithm._extras.stream.datasets):
+        assert [part.method for part in union.datasets] == ["cdga-pg", "edsam"]
+        assert all(r["source_env"] == dataset.ENVIRONMENTS[env_index] for part in union.datasets
+                   for r in part.selection.records())
+    assert all(0 < s < 1 for s in algorithm._extras.shares)
+    batches = _minibatches(dataset, 8, [0, 2, 3])
+    mixed = algorithm._extras.minibatches(batches)
+    assert [len(x) for x, _ in mixed] == [8, 8, 8]
+    assert any(not torch.equal(a, b) for (a, _), (b, _) in zip(mixed, batches))
+    assert "loss" in algorithm.update(batches)
+
+
+def test_swad_row_through_the_stock_train_script(digitstyles_dir, tmp_path, monkeypatch):
+    """CORAL_SWAD: CORAL's hparams and SWAD's; the last record is the averaged model's (``swad_model``) and it is
+    what the results command reads of the run; an algorithm that does not predict with ``network`` is refused."""
+    import runpy
+    from domainbed_diffusion.results import records as reading
+    hparams = hparams_registry.default_hparams("CORAL_SWAD", "DigitStyles")
+    assert hparams["mmd_gamma"] == hparams_registry.default_hparams("CORAL", "DigitStyles")["mmd_gamma"]
+    assert (hparams["swad_n_converge"], hparams["swad_n_tolerance"], hparams["swad_eval_every"]) == (3, 6, 5)
+    out = str(tmp_path / "coral_swad")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", "CORAL_SWAD",
+                                      "--data_dir", digitstyles_dir, "--test_envs", "0", "--steps", "40",
+                                      "--checkpoint_freq", "20", "--output_dir", out])
+    # alter_sys: the script is __main__, as in a real run, so the run context reads its --steps
+    algorithm = runpy.run_module("domainbed.scripts.train", run_name="__main__", alter_sys=True)["algorithm"]
+    state = algorithm._swad_state
+    assert state.final is not None and len(state.averager.schedule.losses) == 8
+    with open(os.path.join(out, "results.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [r.get("swad_model") for r in lines] == [None, None, 1]
+    assert lines[-1]["swad_segments"] == len(state.averager.schedule.joined) > 0
+    x = torch.zeros(2, 3, 32, 32)
+    algorithm.eval()
+    assert torch.equal(algorithm.predict(x), state.final(x))
+    run_read = reading.read_run(out, reading.Reading())
+    assert [r["step"] for r in run_read["records"]] == [39]
+    sagnet = hparams_registry.default_hparams("SagNet_SWAD", "DigitStyles")
+    dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], sagnet)
+    with pytest.raises(ValueError, match="SagNet_SWAD: SWAD averages the algorithm's `network`"):
+        algorithms.get_algorithm_class("SagNet_SWAD")(dataset.input_shape, 10, 3, sagnet)

@@ -383,8 +383,9 @@ def test_per_trial_draws_differ_between_trials_and_repeat_on_rerun(tiny_checkpoi
 
 
 def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(tiny_checkpoint, tmp_path):
-    """SIGINT to the command while its two workers generate: exit status 130, one line and no traceback, no
-    temporary file left; the same command again finishes the job with the bytes of an uninterrupted run."""
+    """SIGINT to the command while its two workers generate, even when it was started in the background (SIGINT
+    ignored): exit status 130, one line and no traceback, no temporary file left; the same command again finishes
+    the job with the bytes of an uninterrupted run."""
     import signal
     import time
     from offline_generation.cli import INTERRUPTED
@@ -395,7 +396,9 @@ def test_ctrl_c_during_generation_exits_130_with_one_line_and_the_rerun_resumes(
             "--trial_seeds", "0"]
     command = [sys.executable, "-m", "offline_generation", *argv, "--synthetic_root", str(tmp_path / "out"),
                "--workers", "2"]
-    proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started as `command &` starts it: with SIGINT ignored, which it and its workers would inherit
+    proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     images = tmp_path / "out" / "Tiny"
     deadline = time.time() + 120
     while time.time() < deadline and len(digests(images)) < 8:  # some images made, most not

@@ -231,3 +231,19 @@ def test_erm_fusion_matched_has_domainfusions_schedule_and_images_per_step():
     assert lrs[0] == 1.0 and math.isclose(lrs[5], 0.5) and math.isclose(optimizer.param_groups[0]["lr"], 0.0,
                                                                         abs_tol=1e-12)
     assert lr_schedule(optimizer, "constant", 10) is None
+
+
+def test_the_exploratory_rows_get_a_folder_per_hparams_set_and_their_own_names():
+    exploratory = load("exploratory")
+    folders = exploratory.folders(exploratory.ROWS)
+    assert folders["default"][1][:2] == [("ERM", "ERM"), ("ERM_SWAD", "ERM_SWAD")]
+    coral = folders["synthetic_as=environments-synthetic_methods=cdga-ig"]
+    assert coral == ({"synthetic_methods": ["cdga-ig"], "synthetic_as": "environments"},
+                     [("CORAL + CDGA-IG env", "CORAL")])
+    assert folders["synthetic_filter=label"][1] == [("EDSAM filtered", "EDSAM")]
+    plain = tidy_of({"ERM": ([[0.5, 0.5]], 0.1, 24), "CORAL": ([[0.6, 0.6]], 0.1, 24)})
+    extra = exploratory.relabel(tidy_of({"CORAL": ([[0.7, 0.7]], 0.1, 48)}), {"CORAL": "CORAL + CDGA-IG env"})
+    extra["rows"] = ["CORAL + CDGA-IG env"]
+    both = exploratory.merged([plain, extra], list(exploratory.ROWS))
+    assert both["rows"] == ["ERM", "CORAL", "CORAL + CDGA-IG env"]
+    assert {c["row"] for c in both["choices"]} == {"ERM", "CORAL", "CORAL + CDGA-IG env"}

@@ -101,6 +101,9 @@ def read_run(folder, reading):
             reading.skipped_lines.append(f"{path}:{number}: {problem}")
         else:
             records.append(record)
+    swad = [r for r in records if r.get("swad_model")]
+    if swad:  # an <Name>_SWAD run's answer is its averaged model (its last record); earlier ones are the online model
+        records = swad
     return dict(folder=folder, records=records, done=os.path.exists(os.path.join(folder, "done")), n_envs=n_envs)
 
 

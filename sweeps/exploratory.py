@@ -1,0 +1,141 @@
+"""Exploratory rows beyond the papers, on DigitStyles with the main job's settings (3 trials, default hparams, the
+per-test-env generators, one draw per trial): SWAD on ERM and on CDGA-IG, CORAL with CDGA-IG's images as an extra
+environment against CORAL, and ED-SAM with and without the label filter, with each method's filter drop rate.
+Exploratory: no protocol, no confirmatory claim (``docs/results.md``).
+
+    python sweeps/exploratory.py [--quick] [--data_dir data] [--output_dir outputs/exploratory]
+
+Reuses the main job's synthetic images where they are (``<data_dir>/synthetic``), makes what is missing, runs
+one stock sweep folder per distinct hparams set (a CORAL run with extra environments is still ``CORAL``), and prints
+one table with every row paired with ERM by trial seed.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import main_job  # noqa: E402
+
+from domainbed_diffusion import results  # noqa: E402
+
+# label -> (DomainBed algorithm, hparams over the defaults); one sweep folder per distinct hparams set
+ROWS = {
+    "ERM": ("ERM", {}),
+    "ERM_SWAD": ("ERM_SWAD", {}),
+    "CDGA_IG": ("CDGA_IG", {}),
+    "CDGA_IG_SWAD": ("CDGA_IG_SWAD", {}),
+    "CORAL": ("CORAL", {}),
+    "CORAL + CDGA-IG env": ("CORAL", {"synthetic_methods": ["cdga-ig"], "synthetic_as": "environments"}),
+    "EDSAM": ("EDSAM", {}),
+    "EDSAM filtered": ("EDSAM", {"synthetic_filter": "label"}),
+}
+FILTERED = ["cdga-pg", "cdga-ig", "edsam", "latent-prior"]  # drop rates reported for each
+
+
+def folders(rows):
+    """``{folder slug: (hparams, [(label, algorithm)])}``: rows that share hparams share a sweep folder."""
+    out = {}
+    for label, (algorithm, hparams) in rows.items():
+        slug = "default" if not hparams else "-".join(f"{k}={v if not isinstance(v, list) else '+'.join(v)}"
+                                                     for k, v in sorted(hparams.items()))
+        out.setdefault(slug, (hparams, []))[1].append((label, algorithm))
+    return out
+
+
+def relabel(tidy, labels):
+    """``tidy`` with its rows named by their labels (``{algorithm: label}``): one sweep folder's rows."""
+    for item in tidy["runs"] + tidy["choices"]:
+        item["row"] = labels.get(item["algorithm"], item["row"])
+    return tidy
+
+
+def merged(tidies, rows):
+    """One tidy result of several folders' (their rows distinct once relabelled), rows in ``rows``' order."""
+    out = dict(tidies[0], runs=[r for t in tidies for r in t["runs"]], choices=[c for t in tidies for c in t["choices"]],
+               rows=[r for r in rows if any(r in t["rows"] for t in tidies)])
+    out["read"] = "; ".join(t.get("read", "") for t in tidies)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=os.path.join(main_job.REPO, "data"))
+    parser.add_argument("--output_dir", default=None, help="default: outputs/exploratory[-quick]")
+    parser.add_argument("--quick", action="store_true", help="one short trial on a few images: wiring only")
+    args = parser.parse_args(argv)
+    profile = dict(main_job.PROFILES["quick" if args.quick else "full"], n_hparams=1)
+    out = os.path.abspath(args.output_dir or os.path.join(main_job.REPO, "outputs",
+                                                          "exploratory" + ("-quick" if args.quick else "")))
+    data_dir = os.path.abspath(args.data_dir)
+    synthetic_root = os.path.join(data_dir, profile["synthetic"])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [main_job.REPO, os.environ.get("PYTHONPATH")] if p))
+    main_job._START = start = time.time()
+    main_job.step("1/4 DigitStyles and the synthetic images (the main job's where they are)")
+    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.launchers.cpu_parallel import default_lanes
+    from offline_generation.cli import main as generator
+    digitstyles.prepare(data_dir, pool=False)
+    trials = [str(t) for t in range(profile["trials"])]
+    code = generator(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *FILTERED,
+                      "--synthetic_root", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size",
+                      "64", "--workers", str(default_lanes()), "--per_trial", "--trial_seeds", *trials,
+                      "--model", "embedded", *profile["generation"]])
+    if code:
+        return code
+    main_job.step("2/4 the label filter (per test env and trial)")
+    code = generator(["filter", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
+                      synthetic_root, "--methods", *FILTERED, "--trial_seeds", *trials])
+    if code:
+        return code
+    main_job.step("3/4 DomainBed sweeps, one folder per hparams set")
+    sources = []
+    for slug, (hparams, rows) in folders(ROWS).items():
+        sweep_dir = os.path.join(out, slug, "sweep")
+        main_job.sweep(main_job.sweep_args(data_dir, sweep_dir, profile, [a for _, a in rows], profile["synthetic"],
+                                           **hparams), env)
+        sources.append((sweep_dir, {a: label for label, a in rows}))
+    main_job.step("4/4 results")
+    tidies = []
+    for folder, labels in sources:
+        tidy = relabel(results.load([(folder, list(labels))], warn=lambda line: print(line, file=sys.stderr)), labels)
+        tidy["rows"] = [labels.get(r, r) for r in tidy["rows"]]
+        tidies.append(tidy)
+    tidy = merged(tidies, list(ROWS))
+    from domainbed_diffusion.results import cli
+    analysed, texts = cli.report(tidy, "ERM", "table", title=("EXPLORATORY " + main_job.title(profile)).strip())
+    drops = filter_drops(synthetic_root)
+    text = texts["text"] + "\n\nLabel filter (python -m offline_generation filter, --criterion disagree), images " \
+        "dropped per method over every (test env, trial):\n" + "\n".join(f"  {m:<13} {d}" for m, d in drops.items())
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "exploratory.txt"), "w") as f:
+        f.write(text + "\n")
+    results.write_tidy(tidy, os.path.join(out, "runs.json"))
+    print(text)
+    print(f"wrote {os.path.join(out, 'exploratory.txt')} and runs.json; {(time.time() - start) / 60:.1f} min")
+    return 0
+
+
+def filter_drops(synthetic_root):
+    """``{method: "dropped of images (share)"}`` from the filter files' headers."""
+    from domainbed_diffusion.filtering import filter_path
+    out = {}
+    for method in FILTERED:
+        path = filter_path(os.path.join(synthetic_root, "DigitStyles"), method, "label")
+        with open(path) as f:
+            headers = [h for h in map(json.loads, f) if h.get("header")]
+        images, dropped = sum(h["images"] for h in headers), sum(h["dropped"] for h in headers)
+        out[method] = f"{dropped} of {images} ({dropped / max(images, 1):.1%})"
+    return out
+
+
+if __name__ == "__main__":
+    from offline_generation.cli import interruptible
+    interruptible()
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        from offline_generation.cli import INTERRUPTED
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
