@@ -864,3 +864,26 @@ def test_swad_row_through_the_stock_train_script(digitstyles_dir, tmp_path, monk
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], sagnet)
     with pytest.raises(ValueError, match="SagNet_SWAD: SWAD averages the algorithm's `network`"):
         algorithms.get_algorithm_class("SagNet_SWAD")(dataset.input_shape, 10, 3, sagnet)
+
+
+def test_domainbeds_own_cpu_tests_pass_with_the_plugin(tmp_path):
+    """DomainBed's unit tests that need neither a GPU nor a dataset download (the hparams registry over every
+    algorithm and dataset, the plugin's among them; model selection; its lib; the sweep, train and collect_results
+    scripts) pass in a process where the plugin is registered, on a copy of the checkout."""
+    import shutil
+    import domainbed
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(domainbed.__file__)))
+    copy = str(tmp_path / "DomainBed")
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    tests = [os.path.join("domainbed", "test", p) for p in ("test_hparams_registry.py", "test_model_selection.py",
+                                                            "lib", "scripts")]
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([copy, env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=copy,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    import re
+    passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
+    # the registry test runs per (algorithm, dataset) of the registered lists: the plugin's are among them
+    assert "MIRO" in algorithms.ALGORITHMS and "DigitStyles" in datasets.DATASETS
+    assert passed >= len(algorithms.ALGORITHMS) * len(datasets.DATASETS)
