@@ -173,6 +173,7 @@ def sweep(common, env, module="domainbed.scripts.sweep"):
     seeds): its incomplete runs deleted, then what is not done launched."""
     sweep_dir = common[common.index("--output_dir") + 1]
     log = os.path.join(os.path.dirname(sweep_dir), "sweep.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     print(f"(DomainBed's sweep output, the job list included: {log})")
     run_stage([sys.executable, "-m", module, "delete_incomplete", *common], env, log)
     run_stage([sys.executable, "-m", module, "launch", *common], env, log)
