@@ -117,9 +117,14 @@ def codes(index, envs, classes, what, dataset_folder):
     return source_env, guide_env, labels
 
 
-def sample(index, source_env, guide_env, labels, n_envs, n_classes, per_group, seed):
-    """The rows the report reads: up to ``per_group`` per (source env, guide env, class)."""
-    return _sample_rows((source_env * (n_envs + 1) + guide_env + 1) * n_classes + labels, per_group, seed)
+def sample(index, source_env, guide_env, labels, n_envs, n_classes, per_group, seed, keep=None):
+    """The rows the report reads: up to ``per_group`` per (source env, guide env, class), among ``keep`` (a
+    boolean mask) when given."""
+    groups = (source_env * (n_envs + 1) + guide_env + 1) * n_classes + labels
+    if keep is None:
+        return _sample_rows(groups, per_group, seed)
+    kept = np.flatnonzero(keep)
+    return kept[_sample_rows(groups[kept], per_group, seed)]
 
 
 def pairs_without_guide(index, guide_env, n_envs):
@@ -211,8 +216,9 @@ class Report:
         index = _open(domains, method)
         source_env, guide_env, labels = codes(index, self.envs, self.classes, f"{domains.dataset_root}: {method}",
                                               self.folder.root)
+        trial_rows = self.trial_rows(index, f"{domains.dataset_root}: {method}")
         rows = sample(index, source_env, guide_env, labels, len(self.envs), len(self.classes), self.per_group,
-                      self.seed)
+                      self.seed, trial_rows)
         if self.synthetic_filter:  # the sampled images the filter kept for this report's trial
             dropped = dropped_files(filter_path(domains.dataset_root, method, self.synthetic_filter), self.trial_seed)
             rows = rows[np.asarray([index.file(int(r)) not in dropped for r in rows], dtype=bool)]
@@ -234,7 +240,8 @@ class Report:
         ratios = [v / self.real_diversity[k] for k, v in synthetic_diversity.items()
                   if self.real_diversity.get(k, 0) > 0]
         out = dict(
-            records=len(index), sampled=len(rows), label_fidelity=float(np.mean(predicted_class == y)),
+            records=len(index), sampled=len(rows), drawn_for_trial=None if trial_rows is None else self.trial_seed,
+            label_fidelity=float(np.mean(predicted_class == y)),
             to_target=float(np.mean(predicted_env == target)), to_source=float(np.mean(predicted_env == src)),
             to_held_out=float(np.mean(held_out)), to_test_env=float(np.mean(to_test_env)),
             label_fidelity_per_class={self.classes[c]: float(np.mean(predicted_class[y == c] == c))
@@ -247,6 +254,19 @@ class Report:
             out.update(copy_distance=dict(zip(("p10", "median", "p90"), quantiles)),
                        near_copy_share=float(np.mean(finite < self.near_copy)))
         return out, (x, target, src)
+
+    def trial_rows(self, index, what):
+        """The rows of this report's trial where the images are drawn per trial (``--per_trial``), else None:
+        one draw is what one run reads, and a filter's selection is per trial."""
+        trials = index.param("trial_seed")
+        if np.isnan(trials).all():
+            return None
+        keep = trials == self.trial_seed
+        if not keep.any():
+            drawn = sorted(int(t) for t in np.unique(trials[~np.isnan(trials)]))
+            raise ValueError(f"{what} has images drawn per trial for trial seeds {drawn}, none for --trial_seed "
+                             f"{self.trial_seed}: pass one of those")
+        return keep
 
     def _to_test_env(self, index, rows, src, guide, predicted_env):
         """Per sampled image, the share of the runs using it whose test env it is attributed to: the env its model
@@ -402,6 +422,10 @@ def summary_text(result):
     if no_fid:
         lines.append(f"FID tgt '-' ({', '.join(no_fid)}): every set has fewer images than the features' {dim} "
                      "dimensions, where FID's covariance is singular; read KID in report.json, or raise --per_group.")
+    per_trial = [m for m, v in result["methods"].items() if v.get("drawn_for_trial") is not None]
+    if per_trial:
+        lines.append(f"images drawn per trial ({', '.join(per_trial)}): only trial seed {ref['trial_seed']}'s draw "
+                     "is read, the one that trial's runs train on (--trial_seed picks another).")
     if any("near_copy_share" not in v for v in result["methods"].values()):
         lines.append("copies '-': the method's images have no single source image to be a copy of.")
     lines.append("map.png: a t-SNE of the same features, one panel per method (real images as dots, the method's "
@@ -409,7 +433,7 @@ def summary_text(result):
     return "\n".join(lines)
 
 
-REPORT_VERSION = 1  # part of the inputs' fingerprint: raise it when the report's arithmetic changes
+REPORT_VERSION = 2  # part of the inputs' fingerprint: raise it when the report's arithmetic changes
 
 
 def inputs_fingerprint(args, folder, domains, methods, extractor):

@@ -4,6 +4,7 @@ environment against CORAL, and ED-SAM with and without the label filter, with ea
 Exploratory: no protocol, no confirmatory claim (``docs/results.md``).
 
     python sweeps/exploratory.py [--quick] [--data_dir data] [--output_dir outputs/exploratory]
+    python sweeps/exploratory.py --tables_from sweeps/results/digitstyles_exploratory_runs.json
 
 Reuses the main job's synthetic images where they are (``<data_dir>/synthetic``), makes what is missing, runs
 one stock sweep folder per distinct hparams set (a CORAL run with extra environments is still ``CORAL``), and prints
@@ -32,6 +33,8 @@ ROWS = {
     "EDSAM filtered": ("EDSAM", {"synthetic_filter": "label"}),
 }
 FILTERED = ["cdga-pg", "cdga-ig", "edsam", "latent-prior"]  # drop rates reported for each
+# each option against the same row without it, paired by trial seed (ERM_SWAD - ERM is the table's own column)
+CONTRASTS = [("CDGA_IG_SWAD", "CDGA_IG"), ("CORAL + CDGA-IG env", "CORAL"), ("EDSAM filtered", "EDSAM")]
 
 
 def folders(rows):
@@ -64,7 +67,12 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=os.path.join(main_job.REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/exploratory[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial on a few images: wiring only")
+    parser.add_argument("--tables_from", default=None, metavar="RUNS_JSON",
+                        help="print the tables from a per-run file this script wrote (no generation, no run)")
     args = parser.parse_args(argv)
+    if args.tables_from:
+        print(tables_text(results.load(args.tables_from), main_job.PROFILES["full"]))
+        return 0
     profile = dict(main_job.PROFILES["quick" if args.quick else "full"], n_hparams=1)
     out = os.path.abspath(args.output_dir or os.path.join(main_job.REPO, "outputs",
                                                           "exploratory" + ("-quick" if args.quick else "")))
@@ -103,10 +111,8 @@ def main(argv=None):
         tidy["rows"] = [labels.get(r, r) for r in tidy["rows"]]
         tidies.append(tidy)
     tidy = merged(tidies, list(ROWS))
-    from domainbed_diffusion.results import cli
-    analysed, texts = cli.report(tidy, "ERM", "table", title=("EXPLORATORY " + main_job.title(profile)).strip())
     drops = filter_drops(synthetic_root)
-    text = texts["text"] + "\n\nLabel filter (python -m offline_generation filter, --criterion disagree), images " \
+    text = tables_text(tidy, profile) + "\n\nLabel filter (python -m offline_generation filter, --criterion disagree), images " \
         "dropped per method over every (test env, trial):\n" + "\n".join(f"  {m:<13} {d}" for m, d in drops.items())
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "exploratory.txt"), "w") as f:
@@ -115,6 +121,14 @@ def main(argv=None):
     print(text)
     print(f"wrote {os.path.join(out, 'exploratory.txt')} and runs.json; {(time.time() - start) / 60:.1f} min")
     return 0
+
+
+def tables_text(tidy, profile):
+    """The exploratory tables: every row against ERM and each option against its row without it."""
+    from domainbed_diffusion.results import cli
+    _, texts = cli.report(tidy, "ERM", "table", contrasts=CONTRASTS,
+                          title=("EXPLORATORY " + main_job.title(profile)).strip())
+    return texts["text"]
 
 
 def filter_drops(synthetic_root):

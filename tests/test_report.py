@@ -171,3 +171,21 @@ def test_an_image_counts_towards_the_env_its_model_never_saw_else_towards_every_
     lone = Report._to_test_env(SimpleNamespace(envs=["a", "b"]), SimpleNamespace(model_trained_on=[None], model=[0]),
                                np.arange(1), [0], [1], [0])
     assert np.isnan(lone).all()  # source and guide cover every env: no test env to count towards
+
+
+def test_with_images_drawn_per_trial_the_report_reads_only_its_trials_draw():
+    from types import SimpleNamespace
+    from offline_generation.report import Report, sample
+    trials = np.array([0, 1, 2, 0, 1, 2, 0, 1], dtype=float)
+    index = SimpleNamespace(param=lambda name: trials if name == "trial_seed" else np.full(8, np.nan))
+    keep = Report.trial_rows(SimpleNamespace(trial_seed=1), index, "x: edsam")
+    assert keep.tolist() == (trials == 1).tolist()
+    zeros = np.zeros(8, dtype=np.int64)
+    rows = sample(index, zeros, zeros - 1, zeros, 2, 1, per_group=50, seed=0, keep=keep)
+    assert rows.tolist() == [1, 4, 7]  # every row of trial 1, none of another trial
+    two = sample(index, zeros, zeros - 1, zeros, 2, 1, per_group=2, seed=0, keep=keep)
+    assert len(two) == 2 and (trials[two] == 1).all()
+    with pytest.raises(ValueError, match=r"trial seeds \[0, 1, 2\], none for --trial_seed 5"):
+        Report.trial_rows(SimpleNamespace(trial_seed=5), index, "x: edsam")
+    pooled = SimpleNamespace(param=lambda name: np.full(8, np.nan))  # one draw for every trial: read it all
+    assert Report.trial_rows(SimpleNamespace(trial_seed=5), pooled, "x: edsam") is None

@@ -247,3 +247,18 @@ def test_the_exploratory_rows_get_a_folder_per_hparams_set_and_their_own_names()
     both = exploratory.merged([plain, extra], list(exploratory.ROWS))
     assert both["rows"] == ["ERM", "CORAL", "CORAL + CDGA-IG env"]
     assert {c["row"] for c in both["choices"]} == {"ERM", "CORAL", "CORAL + CDGA-IG env"}
+
+
+def test_the_committed_exploratory_runs_recompute_the_table_in_results_md(capsys):
+    exploratory = load("exploratory")
+    assert exploratory.main(["--tables_from", os.path.join(REPO, "sweeps", "results",
+                                                           "digitstyles_exploratory_runs.json")]) == 0
+    printed = capsys.readouterr().out
+    with open(os.path.join(REPO, "docs", "results.md")) as f:
+        page = f.read()
+    for row, avg, vs_erm in [("CORAL + CDGA-IG env", "62.7 +/- 0.6", "+9.2 [-0.8, +19.2]"),
+                             ("EDSAM filtered", "57.8 +/- 1.7", "+4.3 [-8.6, +17.2]")]:
+        line = next(l for l in printed.splitlines() if l.startswith(row + " "))
+        assert avg in line and vs_erm in line and f"| {row} | {avg} | {vs_erm} |" in page
+    assert "CORAL + CDGA-IG env - CORAL              +10.1 [+9.2, +11.1]      p (Holm) 0.005 *" in printed
+    assert "+10.1 [+9.2, +11.1] vs CORAL" in page
