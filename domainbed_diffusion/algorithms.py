@@ -74,9 +74,9 @@ class SyntheticERM(ERM):
     synthetic (the two equally weighted terms of ED-SAM's Eq. 11). Both see ERM's images per step.
     ``"paired"`` adds a whole synthetic minibatch beside each real one: twice ERM's images per step.
     Synthetic samples' losses are weighted by ``synthetic_weight``; featurizer, classifier, optimizer are ERM's.
-    Its generation method (``METHOD``) says in the catalogue whether its images are fitted per split.
+    Which generation method's images it reads is its catalogue entry's (``catalogue.reads``); a method whose
+    algorithm adds nothing has no class written here: the catalogue derives ``SyntheticERM`` under its name.
     """
-    METHOD = None
     MODES = ("union", "balanced", "paired")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -87,7 +87,11 @@ class SyntheticERM(ERM):
         ctx = context.require(name, input_shape, num_domains, hparams)
         self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
-        made = training_data.synthetic_datasets(ctx, self.METHOD, hparams, name, base_seed,
+        self.method = catalogue.reads(type(self))
+        if self.method is None:
+            raise ValueError(f"{name}: no generation method to read: add it to the catalogue with a MethodSpec "
+                             f"(or an Entry with reads=...)")
+        made = training_data.synthetic_datasets(ctx, self.method, hparams, name, base_seed,
                                                 self.select_records(hparams), self.allow_test_guides(hparams))
         datasets = [made[i] for i in ctx.train_envs]
         self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
@@ -135,7 +139,6 @@ class SyntheticERM(ERM):
 class CDGA_PG(SyntheticERM):
     """CDGA, prompt-guided (Hemati et al., 2023): ERM on real images + img2img toward each other training env's
     text description (``python -m offline_generation --methods cdga-pg``)."""
-    METHOD = "cdga-pg"
 
     def select_records(self, hparams):
         return lambda index: index.sample < hparams["cdga_images_per_pair"]
@@ -150,25 +153,17 @@ class CDGA_PG(SyntheticERM):
 
 class CDGA_IG(CDGA_PG):
     """CDGA, image-guided: the same pairs, guided by a same-class image of the other env (``--methods cdga-ig``)."""
-    METHOD = "cdga-ig"
 
 
 class EDSAM(SyntheticERM):
     """ED-SAM (Truong et al., 2024): ERM on real images + M transported regenerations of each (``--methods
     edsam``); ``edsam_rho`` must match a generated rho, the first ``edsam_m`` samples per image are used."""
-    METHOD = "edsam"
 
     def select_records(self, hparams):
         rho, m = hparams["edsam_rho"], hparams["edsam_m"]
         # every record the generator writes has rho; one without (a hand-made manifest) is taken as made at rho
         return lambda index: (np.isnan(index.param("rho")) | (np.abs(index.param("rho") - rho) < 1e-9)) & \
             (index.sample < m)
-
-
-class LatentPrior(SyntheticERM):
-    """Latent-prior sampling (Zhu et al., 2023): ERM on real images + samples from each training (env, class)'s
-    Gaussian prior of inverted latents (``--methods latent-prior``), fitted on this run's training split only."""
-    METHOD = "latent-prior"
 
 
 def lr_schedule(optimizer, name, total):
@@ -346,14 +341,12 @@ class ERM_FusionMatched(ERM):
 class Composite(CDGA_IG):
     """Control: CDGA-IG's composite without diffusion (``--methods composite``): its pairs and guides, the
     source's foreground on the guide's background, never redrawn; trained as ``CDGA_IG`` is."""
-    METHOD = "composite"
 
 
 class Regenerated(SyntheticERM):
     """Control, "any generated image": ERM on real images + regenerations of each that move toward no style
     (ED-SAM's pipeline at rho = 0, ``--methods regenerate``), mixed as CDGA's union; two per image give CDGA's
     real share."""
-    METHOD = "regenerate"
 
     def select_records(self, hparams):
         return lambda index: index.sample < hparams["regenerations_per_image"]

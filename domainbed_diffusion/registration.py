@@ -53,9 +53,9 @@ def _get_algorithm_class(stock):
 
 def _still_importing(entry):
     """Whether the module defining the entry's class is being imported right now."""
-    if not isinstance(entry.algorithm_class, str):
+    if entry.class_module is None:
         return False
-    module = sys.modules.get(entry.algorithm_class.split(":")[0])
+    module = sys.modules.get(entry.class_module)
     return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 

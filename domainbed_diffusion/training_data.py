@@ -227,8 +227,6 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
 def in_memory_synthetic(ctx, method, hparams, base_seed):
     """{training env: (images (N, C, H, W) as network inputs, labels)} made with the embedded model, for envs
     that are tensors (DomainBed's Debug datasets), by the method's own plan over the training envs only."""
-    import json
-
     from .diffusion import LatentDiffusion
     from .generation.in_memory import TensorSources, generate_in_memory
     if ctx.input_shape[0] != 3:
@@ -240,13 +238,9 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     sources = TensorSources(ctx.dataset_name, [mapping.to_pixels(torch.stack([x for x, _ in split]).float())
                                                for split in parts],
                             [torch.tensor([int(y) for _, y in split]) for split in parts], envs, ctx.class_names)
-    # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
     spec = catalogue.spec(method)
     cfg = spec.config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
-                      num_samples=int(hparams.get("regenerations_per_image", hparams.get("edsam_m", 10))),
-                      rho=hparams.get("edsam_rho", 0.5),
-                      domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
-                      tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
+                      **spec.from_hparams(hparams), **spec.debug_settings(envs))
     made = generate_in_memory(model, spec, cfg, sources, envs)
     data = {}
     for i, env in zip(ctx.train_envs, envs):

@@ -34,9 +34,9 @@ if HAVE_DOMAINBED:
     from domainbed import algorithms, datasets, hparams_registry
     from domainbed.lib import misc
 
-    from domainbed_diffusion import context
-    SYNTHETIC = {name: algorithms.get_algorithm_class(name).METHOD for name in OURS
-                 if getattr(algorithms.get_algorithm_class(name), "METHOD", None)}
+    from domainbed_diffusion import catalogue as _catalogue, context
+    SYNTHETIC = {name: _catalogue.reads(algorithms.get_algorithm_class(name)) for name in OURS
+                 if _catalogue.reads(algorithms.get_algorithm_class(name))}
 
 
 def run(args, **env):

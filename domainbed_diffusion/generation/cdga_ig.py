@@ -9,7 +9,6 @@ from .cdga_pg import CDGAPromptGuided
 
 
 class CDGAImageGuided(CDGAPromptGuided):
-    name = "cdga-ig"
 
     def params(self):
         return dict(super().params(), guide_mix=self.cfg.guide_mix)

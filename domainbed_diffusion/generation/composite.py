@@ -8,7 +8,6 @@ from .cdga_ig import SPEC as CDGA_IG, CDGAImageGuided
 
 
 class CompositeRunner(CDGAImageGuided):
-    name = "composite"
 
     def params(self):
         return dict(resolution=self.cfg.resolution, guide_mix=self.cfg.guide_mix)
