@@ -14,8 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
-from . import catalogue, context, domainfusion, generators, registration, training_data
-from .methods import cdga, gsd
+from . import catalogue, registration
+from .data import provenance
+from .diffusion import choice
+from .methods import cdga, domainfusion, gsd
+from .training import context, inputs
 from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
 
@@ -91,10 +94,10 @@ class SyntheticERM(ERM):
         if self.method is None:
             raise ValueError(f"{name}: no generation method to read: add it to the catalogue with a MethodSpec "
                              f"(or an Entry with reads=...)")
-        made = training_data.synthetic_datasets(ctx, self.method, hparams, name, base_seed,
+        made = inputs.synthetic_datasets(ctx, self.method, hparams, name, base_seed,
                                                 self.select_records(hparams), self.allow_test_guides(hparams))
         datasets = [made[i] for i in ctx.train_envs]
-        self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
+        self.synthetic = inputs.SyntheticStream(datasets, hparams["batch_size"],
                                                        getattr(ctx.dataset, "N_WORKERS", 0))
         # the synthetic share of each env's real + synthetic union
         self.synthetic_share = [len(d) / (len(d) + len(ctx.training_split(i)))
@@ -112,7 +115,7 @@ class SyntheticERM(ERM):
         """How many of an env's ``batch_size`` slots are synthetic this step (``union``/``balanced``)."""
         if self.hparams["synthetic_mode"] == "balanced":
             return batch_size // 2
-        return training_data.union_slots(batch_size, share, self._generator)
+        return inputs.union_slots(batch_size, share, self._generator)
 
     def update(self, minibatches, unlabeled=None):
         device = minibatches[0][0].device
@@ -190,15 +193,15 @@ class DomainFusion(ERM):
         ctx = context.require("DomainFusion", input_shape, num_domains, hparams)
         self.run_context = ctx
         self.train_envs = ctx.train_envs
-        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.mapping = inputs.PixelMapping(inputs.env_transform(ctx, ctx.train_envs[0]), input_shape)
         self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping)
         self.prompts = [hparams["class_prompt"].format(cdga.class_text(c)) for c in ctx.class_names]
         self.base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())
         self._generator = torch.Generator().manual_seed(self.base_seed)
         self._diffusion = None  # a plain object, so never in state_dict nor moved by .to()
         self.test_env_names = [ctx.env_names[i] for i in ctx.test_envs]
-        # "embedded" on DigitStyles: the shipped model that never saw this run's test style (``generators``)
-        self.diffusion_model = generators.model_for_run(hparams["diffusion_model"], ctx.dataset_name,
+        # "embedded" on DigitStyles: the shipped model that never saw this run's test style (``diffusion.choice``)
+        self.diffusion_model = choice.model_for_run(hparams["diffusion_model"], ctx.dataset_name,
                                                         self.test_env_names)
         self.step = 0
         self.pool.cycle(self.base_seed)
@@ -209,7 +212,7 @@ class DomainFusion(ERM):
         if self._diffusion is None:
             from .diffusion import LatentDiffusion, loading
             folder = loading.resolve_model(self.diffusion_model)  # resolved once: checked, then loaded
-            generators.check(self.diffusion_model, generators.trained_on(folder), self.test_env_names, self.hparams,
+            provenance.check(self.diffusion_model, choice.trained_on(folder), self.test_env_names, self.hparams,
                              "DomainFusion")
             self._diffusion = LatentDiffusion.from_pretrained(folder, device=device,
                                                               dtype=self.hparams["diffusion_dtype"])
@@ -287,7 +290,7 @@ class ERM_Augment(ERM):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         from torchvision.transforms import v2
         ctx = context.require("ERM_Augment", input_shape, num_domains, hparams)
-        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.mapping = inputs.PixelMapping(inputs.env_transform(ctx, ctx.train_envs[0]), input_shape)
         self.augment = v2.Compose(
             [v2.RandomResizedCrop(input_shape[1:], scale=(0.7, 1.0), antialias=True)]
             + ([v2.RandomHorizontalFlip()] if hparams["augment_flip"] else [])

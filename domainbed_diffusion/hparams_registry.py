@@ -11,12 +11,9 @@ pairing, so this module lists no algorithm by name.
 """
 import numpy as np
 
-from .seeding import seed_hash
-from .shipped import EMBEDDED, PAPERS_MODEL
-
-DIGITSTYLES = "DigitStyles"
-CPU_DATASETS = [DIGITSTYLES, "Debug28", "Debug224"]  # run with the embedded diffusion model
-PAPERS_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
+from .benchmark import CPU_DATASETS, DIGITSTYLES, PAPERS_DATASETS
+from .benchmark.shipped import EMBEDDED, PAPERS_MODEL
+from .data.seeding import seed_hash
 
 
 class Hparams:

@@ -153,7 +153,7 @@ def main(argv=None):
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
     main_job._START = start = time.time()
     main_job.step("1/4 DigitStyles")
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     digitstyles.prepare(data_dir, pool=False)
     main_job.step(f"2/4 synthetic domains, one draw per trial (trials {trial_seeds(profile)[0]}-"
                   f"{trial_seeds(profile)[-1]})")

@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import splits
-from ..seeding import seed_hash
-from ..synthetic import env_folder, safe_name
+from ..data import splits
+from ..data.seeding import seed_hash
+from ..data.layout import env_folder, safe_name
 
 
 @dataclass(frozen=True)

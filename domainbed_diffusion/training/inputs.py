@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from . import catalogue, splits, synthetic
-from .files import load_rgb
-from .hparams_registry import CPU_DATASETS
-from .generators import UNSAFE
-from .shipped import EMBEDDED, PAPERS_MODEL
-from .synthetic_index import missing_images
+from .. import catalogue
+from ..data import splits, layout as synthetic
+from ..data.files import load_rgb
+from ..benchmark import CPU_DATASETS
+from ..data.provenance import UNSAFE
+from ..benchmark.shipped import EMBEDDED, PAPERS_MODEL
+from ..data.index import missing_images
 
 
 # -- pixels <-> network inputs ------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
     if hparams.get("synthetic_filter"):
-        from . import filtering
+        from ..data import filtering
         name = hparams["synthetic_filter"]
         digests = {ctx.env_names[i]: d for i, d in validation_digests(ctx).items()}
         selected = filtering.apply(selected, domains.dataset_root, method, name,
@@ -227,8 +228,8 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
 def in_memory_synthetic(ctx, method, hparams, base_seed):
     """{training env: (images (N, C, H, W) as network inputs, labels)} made with the embedded model, for envs
     that are tensors (DomainBed's Debug datasets), by the method's own plan over the training envs only."""
-    from .diffusion import LatentDiffusion
-    from .generation.in_memory import TensorSources, generate_in_memory
+    from ..diffusion import LatentDiffusion
+    from ..generation.in_memory import TensorSources, generate_in_memory
     if ctx.input_shape[0] != 3:
         raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
     model = LatentDiffusion.from_pretrained(EMBEDDED, device="cpu", dtype="float32")
