@@ -75,7 +75,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "domainbed-diffusion-generate=offline_generation.cli:main",
-        "digitstyles-prepare=domainbed_diffusion.digitstyles:main",
+        "digitstyles-prepare=domainbed_diffusion.benchmark.digitstyles:main",
     ]},
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
 )

@@ -14,8 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
-from . import catalogue, context, domainfusion, generators, registration, training_data
-from .methods import cdga, gsd
+from . import catalogue, registration
+from .data import provenance
+from .diffusion import choice
+from .methods import cdga, domainfusion, gsd
+from .training import context, inputs
 from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
 
@@ -74,9 +77,9 @@ class SyntheticERM(ERM):
     synthetic (the two equally weighted terms of ED-SAM's Eq. 11). Both see ERM's images per step.
     ``"paired"`` adds a whole synthetic minibatch beside each real one: twice ERM's images per step.
     Synthetic samples' losses are weighted by ``synthetic_weight``; featurizer, classifier, optimizer are ERM's.
-    Its generation method (``METHOD``) says in the catalogue whether its images are fitted per split.
+    Which generation method's images it reads is its catalogue entry's (``catalogue.reads``); a method whose
+    algorithm adds nothing has no class written here: the catalogue derives ``SyntheticERM`` under its name.
     """
-    METHOD = None
     MODES = ("union", "balanced", "paired")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -87,10 +90,14 @@ class SyntheticERM(ERM):
         ctx = context.require(name, input_shape, num_domains, hparams)
         self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
-        made = training_data.synthetic_datasets(ctx, self.METHOD, hparams, name, base_seed,
+        self.method = catalogue.reads(type(self))
+        if self.method is None:
+            raise ValueError(f"{name}: no generation method to read: add it to the catalogue with a MethodSpec "
+                             f"(or an Entry with reads=...)")
+        made = inputs.synthetic_datasets(ctx, self.method, hparams, name, base_seed,
                                                 self.select_records(hparams), self.allow_test_guides(hparams))
         datasets = [made[i] for i in ctx.train_envs]
-        self.synthetic = training_data.SyntheticStream(datasets, hparams["batch_size"],
+        self.synthetic = inputs.SyntheticStream(datasets, hparams["batch_size"],
                                                        getattr(ctx.dataset, "N_WORKERS", 0))
         # the synthetic share of each env's real + synthetic union
         self.synthetic_share = [len(d) / (len(d) + len(ctx.training_split(i)))
@@ -108,7 +115,7 @@ class SyntheticERM(ERM):
         """How many of an env's ``batch_size`` slots are synthetic this step (``union``/``balanced``)."""
         if self.hparams["synthetic_mode"] == "balanced":
             return batch_size // 2
-        return training_data.union_slots(batch_size, share, self._generator)
+        return inputs.union_slots(batch_size, share, self._generator)
 
     def update(self, minibatches, unlabeled=None):
         device = minibatches[0][0].device
@@ -135,7 +142,6 @@ class SyntheticERM(ERM):
 class CDGA_PG(SyntheticERM):
     """CDGA, prompt-guided (Hemati et al., 2023): ERM on real images + img2img toward each other training env's
     text description (``python -m offline_generation --methods cdga-pg``)."""
-    METHOD = "cdga-pg"
 
     def select_records(self, hparams):
         return lambda index: index.sample < hparams["cdga_images_per_pair"]
@@ -150,25 +156,17 @@ class CDGA_PG(SyntheticERM):
 
 class CDGA_IG(CDGA_PG):
     """CDGA, image-guided: the same pairs, guided by a same-class image of the other env (``--methods cdga-ig``)."""
-    METHOD = "cdga-ig"
 
 
 class EDSAM(SyntheticERM):
     """ED-SAM (Truong et al., 2024): ERM on real images + M transported regenerations of each (``--methods
     edsam``); ``edsam_rho`` must match a generated rho, the first ``edsam_m`` samples per image are used."""
-    METHOD = "edsam"
 
     def select_records(self, hparams):
         rho, m = hparams["edsam_rho"], hparams["edsam_m"]
         # every record the generator writes has rho; one without (a hand-made manifest) is taken as made at rho
         return lambda index: (np.isnan(index.param("rho")) | (np.abs(index.param("rho") - rho) < 1e-9)) & \
             (index.sample < m)
-
-
-class LatentPrior(SyntheticERM):
-    """Latent-prior sampling (Zhu et al., 2023): ERM on real images + samples from each training (env, class)'s
-    Gaussian prior of inverted latents (``--methods latent-prior``), fitted on this run's training split only."""
-    METHOD = "latent-prior"
 
 
 def lr_schedule(optimizer, name, total):
@@ -195,15 +193,15 @@ class DomainFusion(ERM):
         ctx = context.require("DomainFusion", input_shape, num_domains, hparams)
         self.run_context = ctx
         self.train_envs = ctx.train_envs
-        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.mapping = inputs.PixelMapping(inputs.env_transform(ctx, ctx.train_envs[0]), input_shape)
         self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping)
         self.prompts = [hparams["class_prompt"].format(cdga.class_text(c)) for c in ctx.class_names]
         self.base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())
         self._generator = torch.Generator().manual_seed(self.base_seed)
         self._diffusion = None  # a plain object, so never in state_dict nor moved by .to()
         self.test_env_names = [ctx.env_names[i] for i in ctx.test_envs]
-        # "embedded" on DigitStyles: the shipped model that never saw this run's test style (``generators``)
-        self.diffusion_model = generators.model_for_run(hparams["diffusion_model"], ctx.dataset_name,
+        # "embedded" on DigitStyles: the shipped model that never saw this run's test style (``diffusion.choice``)
+        self.diffusion_model = choice.model_for_run(hparams["diffusion_model"], ctx.dataset_name,
                                                         self.test_env_names)
         self.step = 0
         self.pool.cycle(self.base_seed)
@@ -214,7 +212,7 @@ class DomainFusion(ERM):
         if self._diffusion is None:
             from .diffusion import LatentDiffusion, loading
             folder = loading.resolve_model(self.diffusion_model)  # resolved once: checked, then loaded
-            generators.check(self.diffusion_model, generators.trained_on(folder), self.test_env_names, self.hparams,
+            provenance.check(self.diffusion_model, choice.trained_on(folder), self.test_env_names, self.hparams,
                              "DomainFusion")
             self._diffusion = LatentDiffusion.from_pretrained(folder, device=device,
                                                               dtype=self.hparams["diffusion_dtype"])
@@ -292,7 +290,7 @@ class ERM_Augment(ERM):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         from torchvision.transforms import v2
         ctx = context.require("ERM_Augment", input_shape, num_domains, hparams)
-        self.mapping = training_data.PixelMapping(training_data.env_transform(ctx, ctx.train_envs[0]), input_shape)
+        self.mapping = inputs.PixelMapping(inputs.env_transform(ctx, ctx.train_envs[0]), input_shape)
         self.augment = v2.Compose(
             [v2.RandomResizedCrop(input_shape[1:], scale=(0.7, 1.0), antialias=True)]
             + ([v2.RandomHorizontalFlip()] if hparams["augment_flip"] else [])
@@ -346,14 +344,12 @@ class ERM_FusionMatched(ERM):
 class Composite(CDGA_IG):
     """Control: CDGA-IG's composite without diffusion (``--methods composite``): its pairs and guides, the
     source's foreground on the guide's background, never redrawn; trained as ``CDGA_IG`` is."""
-    METHOD = "composite"
 
 
 class Regenerated(SyntheticERM):
     """Control, "any generated image": ERM on real images + regenerations of each that move toward no style
     (ED-SAM's pipeline at rho = 0, ``--methods regenerate``), mixed as CDGA's union; two per image give CDGA's
     real share."""
-    METHOD = "regenerate"
 
     def select_records(self, hparams):
         return lambda index: index.sample < hparams["regenerations_per_image"]

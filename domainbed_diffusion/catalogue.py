@@ -26,16 +26,59 @@ class Entry:
     spec: Optional[MethodSpec] = None  # the generation method it trains on (None: it generates online or not at all)
     control: bool = False  # a control of the ablation table (``sweeps/main_job.py --ablation``), not a method row
     generates_online: bool = False  # runs a diffusion model inside its steps: the cpu_parallel launcher starts it first
+    reads: Optional[str] = None  # the generation method whose images it trains on (its own spec's, or another's)
+    synthetic_mode: Optional[str] = None  # how it mixes them, where not as that method's spec says
 
     @classmethod
     def of(cls, spec):
-        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control)
+        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control, reads=spec.name)
+
+    def reads_spec(self):
+        """The ``MethodSpec`` of the method it trains on, or None."""
+        return self.spec if self.spec is not None and self.spec.name == self.reads else \
+            (spec(self.reads) if self.reads else None)
+
+    @property
+    def class_module(self):
+        """The module its class is defined in (None: a class object given as is)."""
+        if self.algorithm_class is None:
+            return DERIVED_MODULE
+        return self.algorithm_class.split(":")[0] if isinstance(self.algorithm_class, str) else None
 
     def load_class(self):
+        if self.algorithm_class is None:
+            return derived_class(self)
         if not isinstance(self.algorithm_class, str):
             return self.algorithm_class
         module, name = self.algorithm_class.split(":")
         return getattr(importlib.import_module(module), name)
+
+
+DERIVED_MODULE = "domainbed_diffusion.algorithms"
+
+
+def derived_class(entry):
+    """The algorithm of a spec without a class: ``SyntheticERM`` under the spec's algorithm name, made once and
+    set on ``algorithms`` so that it imports, pickles and prints like a written class."""
+    algorithms = importlib.import_module(DERIVED_MODULE)
+    cls = getattr(algorithms, entry.algorithm, None)
+    if cls is None:
+        doc = (f"ERM on real images plus the images of ``python -m offline_generation --methods {entry.reads}``, "
+               f"mixed as {entry.reads_spec().synthetic_mode!r} (``SyntheticERM``; its spec: ``catalogue``).")
+        cls = type(entry.algorithm, (algorithms.SyntheticERM,), dict(__doc__=doc, __module__=DERIVED_MODULE,
+                                                                      __qualname__=entry.algorithm))
+        setattr(algorithms, entry.algorithm, cls)
+    return cls
+
+
+def reads(algorithm_class):
+    """The generation method an algorithm class trains on: its own catalogue entry's, else the nearest base
+    class's with one (a subclass made by the options wrapper, or a user's subclass), else its ``METHOD``."""
+    for cls in algorithm_class.__mro__:
+        found = entry(cls.__name__)
+        if found is not None and found.reads and found.load_class() is cls:
+            return found.reads
+    return getattr(algorithm_class, "METHOD", None)
 
 
 # The plugin's own algorithms, in table order: an Entry, or the module of a generation method (its ``SPEC``).
@@ -54,8 +97,8 @@ CONTROLS = (
     Entry("ERM_RealMatched", "domainbed_diffusion.algorithms:ERM_RealMatched", hparams_registry.real_matched,
           control=True),
     "domainbed_diffusion.generation.regenerate",
-    Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced",
-          hparams_registry.regenerated_balanced, control=True),
+    Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced", control=True,
+          reads="regenerate", synthetic_mode="balanced"),
     "domainbed_diffusion.generation.composite",
     Entry("ERM_FusionMatched", "domainbed_diffusion.algorithms:ERM_FusionMatched", hparams_registry.fusion_matched,
           control=True),

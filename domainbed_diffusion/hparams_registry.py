@@ -11,12 +11,9 @@ pairing, so this module lists no algorithm by name.
 """
 import numpy as np
 
-from .seeding import seed_hash
-from .shipped import EMBEDDED, PAPERS_MODEL
-
-DIGITSTYLES = "DigitStyles"
-CPU_DATASETS = [DIGITSTYLES, "Debug28", "Debug224"]  # run with the embedded diffusion model
-PAPERS_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
+from .benchmark import CPU_DATASETS, DIGITSTYLES, PAPERS_DATASETS
+from .benchmark.shipped import EMBEDDED, PAPERS_MODEL
+from .data.seeding import seed_hash
 
 
 class Hparams:
@@ -50,8 +47,10 @@ def extend(hparams, algorithm, dataset, random_seed, entry=None, swad_on=False):
         # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
         hp.define("pretrained_featurizer", EMBEDDED, lambda r: EMBEDDED)
         hp.define("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
-    if entry is not None and entry.spec is not None:
-        synthetic(hp, dataset, entry.spec.synthetic_mode)
+    reads = entry.reads_spec() if entry is not None else None
+    if reads is not None:  # it trains on a generation method's images
+        synthetic(hp, dataset, entry.synthetic_mode or reads.synthetic_mode)
+        twins(hp, reads)
     if entry is not None and entry.hparams is not None:
         entry.hparams(hp, dataset)
     every_algorithm(hp, dataset)
@@ -108,6 +107,13 @@ def synthetic(hp, dataset, mode):
     leak_opt_in(hp)
 
 
+def twins(hp, spec):
+    """The hparams that choose among a generation method's images (its options' twins): the option's default,
+    and its search distribution where it has one."""
+    for option in spec.twins().values():
+        hp.define(option.hparam, option.default, option.search or (lambda r, d=option.default: d))
+
+
 def leak_opt_in(hp):
     """True lets a run use a diffusion model trained on its test env (``generators``): ablations only."""
     hp.define("UNSAFE_generator_saw_test_env", False, lambda r: False)
@@ -126,14 +132,8 @@ def miro(hp, dataset):
 
 
 def cdga(hp, dataset):
-    hp.define("cdga_images_per_pair", 1, lambda r: 1)
     # CDGA's starred variant trains on pairs toward the test domain: uses test-domain information.
     hp.define("cdga_star_uses_test_domain", False, lambda r: False)
-
-
-def edsam(hp, dataset):
-    hp.define("edsam_rho", 0.5, lambda r: 0.5)
-    hp.define("edsam_m", 10, lambda r: int(r.choice([3, 5, 10])))
 
 
 def domainfusion(hp, dataset):
@@ -190,11 +190,3 @@ def erm_augment(hp, dataset):
 def real_matched(hp, dataset):
     hp.define("real_share", 1 / 3, lambda r: 1 / 3)
 
-
-def regenerated(hp, dataset):
-    hp.define("regenerations_per_image", 2, lambda r: 2)
-
-
-def regenerated_balanced(hp, dataset):
-    synthetic(hp, dataset, "balanced")  # an entry without a spec of its own: its mixing is set here
-    regenerated(hp, dataset)

@@ -36,7 +36,7 @@ def _algorithms(module):
 def _get_algorithm_class(stock):
     """DomainBed's lookup, returning each class with the options of every algorithm (``options``), and
     ``<Name>_SWAD`` for any ``<Name>`` it knows (not added to ``ALGORITHMS``: a sweep runs them only by name)."""
-    from . import options
+    from .training import options
 
     @functools.wraps(stock)
     def get_algorithm_class(algorithm_name):
@@ -53,9 +53,9 @@ def _get_algorithm_class(stock):
 
 def _still_importing(entry):
     """Whether the module defining the entry's class is being imported right now."""
-    if not isinstance(entry.algorithm_class, str):
+    if entry.class_module is None:
         return False
-    module = sys.modules.get(entry.algorithm_class.split(":")[0])
+    module = sys.modules.get(entry.class_module)
     return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
@@ -77,7 +77,7 @@ def _hparams_registry(module):
 
 def _capture_context(init):
     """Wrap a dataset class's ``__init__(root, test_envs, hparams)`` to record the run context."""
-    from . import context
+    from .training import context
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
@@ -90,7 +90,7 @@ def _capture_context(init):
 
 
 def _datasets(module):
-    from . import datasets as ours
+    from .benchmark import datasets as ours
     for name in ours.DATASETS:
         setattr(module, name, getattr(ours, name))
         if name not in module.DATASETS:
@@ -102,7 +102,7 @@ def _datasets(module):
 
 
 def _misc(module):
-    from . import context
+    from .training import context
     stock = module.split_dataset
 
     @functools.wraps(stock)
@@ -110,7 +110,7 @@ def _misc(module):
         validation, training = stock(dataset, n, seed)
         ctx = context.record_split(dataset, validation, training)
         if ctx is not None:
-            from . import datasets as ours
+            from .benchmark import datasets as ours
             ours.check_split(ctx, dataset, training)
         return validation, training
 
@@ -118,7 +118,7 @@ def _misc(module):
 
 
 def _networks(module):
-    from .networks import wrap_featurizer
+    from .training.networks import wrap_featurizer
     module.Featurizer = wrap_featurizer(module.Featurizer)
 
 

@@ -182,7 +182,7 @@ def domainfusion_step_cost(args, device):
     from domainbed import algorithms, datasets, hparams_registry
 
     import domainbed_diffusion
-    from domainbed_diffusion import context
+    from domainbed_diffusion.training import context
     domainbed_diffusion.register()
     dataset_name, hparams_dataset = ("Debug28", "Debug28") if args.small else ("Debug224", "PACS")
     dataset = datasets.get_dataset_class(dataset_name)("", [], {})

@@ -14,7 +14,7 @@ import shlex
 import sys
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.synthetic import SyntheticDataError
+from domainbed_diffusion.data.layout import SyntheticDataError
 
 INTERRUPTED = "interrupted: what was finished is kept; run the same command again to resume"
 SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "filter", "prepare", "train-embedded",
@@ -176,8 +176,8 @@ def index_main(argv):
     import os
     import time
 
-    from domainbed_diffusion.synthetic import default_root
-    from domainbed_diffusion.synthetic_index import build, manifest_paths
+    from domainbed_diffusion.data.layout import default_root
+    from domainbed_diffusion.data.index import build, manifest_paths
     dataset_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
     methods = _methods(args.methods)
     found = [m for m in methods if manifest_paths(dataset_root, m)]
@@ -280,7 +280,7 @@ def filter_main(argv):
 
 
 def prepare_main(argv):
-    from domainbed_diffusion.digitstyles import main
+    from domainbed_diffusion.benchmark.digitstyles import main
     return main(argv)
 
 
@@ -303,8 +303,8 @@ def train_embedded_main(argv):
     parser.add_argument("--work_dir", default=None, help="cache of the shared base (default <data_dir>/embedded-base)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from domainbed_diffusion import digitstyles
-    from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH, FOLDER
+    from domainbed_diffusion.benchmark import digitstyles
+    from domainbed_diffusion.benchmark.shipped import EMBEDDED_MODEL_PATH, FOLDER
 
     from .train_embedded import train, train_held_out
     if args.all_styles:

@@ -44,7 +44,7 @@ def digitstyles_featurizer(device):
     """The embedded pretrained MNIST_CNN (DomainBed's), on DigitStyles' 28 px normalised inputs."""
     from domainbed import networks
 
-    from domainbed_diffusion import digitstyles, pretrained
+    from domainbed_diffusion.benchmark import digitstyles, pretrained
     network = pretrained.load_into(networks.MNIST_CNN(digitstyles.INPUT_SHAPE), pretrained.EMBEDDED)
     resize = torch.nn.Upsample(size=digitstyles.INPUT_SHAPE[1:], mode="bilinear", align_corners=False)
     return Extractor("digitstyles-featurizer", torch.nn.Sequential(resize, network), digitstyles.IMAGE_SIZE,

@@ -1,6 +1,6 @@
 """``python -m offline_generation filter``: a classifier fitted on a run's own training data scores every synthetic
 image that run would read, and the images it does not recognise as their label are dropped from a named filtered
-selection (``domainbed_diffusion.filtering``; nothing is deleted).
+selection (``domainbed_diffusion.data.filtering``; nothing is deleted).
 
 Per (test env, trial): a standardised logistic-regression probe (scikit-learn) on the report's image features of
 the real images of the other envs' training splits of that trial (never a validation or test-env image), then the
@@ -18,9 +18,10 @@ import sys
 import numpy as np
 import torch
 
-from domainbed_diffusion import catalogue, splits
-from domainbed_diffusion.filtering import filter_path
-from domainbed_diffusion.synthetic import SyntheticDomains, default_root
+from domainbed_diffusion import catalogue
+from domainbed_diffusion.data import splits
+from domainbed_diffusion.data.filtering import filter_path
+from domainbed_diffusion.data.layout import SyntheticDomains, default_root
 
 from . import features as feature_extractors
 from .report import _probe

@@ -25,13 +25,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.files import save_png
-from domainbed_diffusion.generators import generators, trained_on
+from domainbed_diffusion.data.files import save_png
+from domainbed_diffusion.diffusion.choice import generators, trained_on
 from domainbed_diffusion.generation import make_batches
-from domainbed_diffusion.shipped import EMBEDDED, MODEL_CARD
-from domainbed_diffusion.synthetic import ManifestWriter, default_root, manifest_name
-from domainbed_diffusion.synthetic_index import build as build_index
-from domainbed_diffusion.synthetic_index import manifest_paths, recorded_file_names
+from domainbed_diffusion.benchmark.shipped import EMBEDDED, MODEL_CARD
+from domainbed_diffusion.data.layout import ManifestWriter, default_root, manifest_name
+from domainbed_diffusion.data.index import build as build_index
+from domainbed_diffusion.data.index import manifest_paths, recorded_file_names
 
 from .sources import scan
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from PIL import Image, ImageDraw
 
-from domainbed_diffusion.files import load_rgb, save_png
-from domainbed_diffusion.synthetic import Selection, SyntheticDomains, default_root
+from domainbed_diffusion.data.files import load_rgb, save_png
+from domainbed_diffusion.data.layout import Selection, SyntheticDomains, default_root
 
 from .sources import dataset_root
 

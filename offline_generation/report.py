@@ -31,9 +31,9 @@ import torch
 from tqdm import tqdm
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.filtering import dropped_files, filter_path
-from domainbed_diffusion.synthetic import SyntheticDomains, default_root
-from domainbed_diffusion.synthetic_index import SyntheticDataError, manifest_paths, open_index
+from domainbed_diffusion.data.filtering import dropped_files, filter_path
+from domainbed_diffusion.data.layout import SyntheticDomains, default_root
+from domainbed_diffusion.data.index import SyntheticDataError, manifest_paths, open_index
 
 from . import features as feature_extractors
 from .sources import load_image, scan

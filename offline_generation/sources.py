@@ -11,7 +11,7 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, ImageFile
 
-from domainbed_diffusion import splits
+from domainbed_diffusion.data import splits
 from domainbed_diffusion.generation import SourceImage
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not silently padded
@@ -69,7 +69,7 @@ def dataset_root(data_dir, dataset, dataset_dir=None):
                          f"{root}. For a dataset of your own, lay it out as {root}/<env>/<class>/<image> or pass "
                          f"--dataset_dir <folder>.")
     if not os.path.isdir(root):
-        hint = (f"python -m domainbed_diffusion.digitstyles --data_dir {data_dir}" if dataset == "DigitStyles"
+        hint = (f"python -m domainbed_diffusion.benchmark.digitstyles --data_dir {data_dir}" if dataset == "DigitStyles"
                 else "DomainBed's `python -m domainbed.scripts.download --data_dir ...`, or pass --dataset_dir")
         raise FileNotFoundError(f"dataset folder {root} does not exist; create it with {hint}")
     return root

@@ -22,10 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from domainbed_diffusion import digitstyles
+from domainbed_diffusion.benchmark import digitstyles
 from domainbed_diffusion.diffusion import tiny
 from domainbed_diffusion.methods.cdga import DOMAIN_DESCRIPTIONS
-from domainbed_diffusion.shipped import EMBEDDED_MODEL_PATH, FOLDER, MODEL_CARD, held_out_model_path
+from domainbed_diffusion.benchmark.shipped import EMBEDDED_MODEL_PATH, FOLDER, MODEL_CARD, held_out_model_path
 
 
 def vocabulary():

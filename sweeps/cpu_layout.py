@@ -20,7 +20,7 @@ def timed(fn, repeats):
 
 def measure(channels_last, repeats, batch=24, evaluated=1320, eval_batch=64, seed=0):
     from domainbed import networks
-    from domainbed_diffusion.networks import wrap_featurizer
+    from domainbed_diffusion.training.networks import wrap_featurizer
     torch.manual_seed(seed)
     featurizer = wrap_featurizer(lambda shape, hparams: networks.MNIST_CNN(shape))(
         (3, 28, 28), {"channels_last": channels_last})  # the plugin's own wrap, as every algorithm gets it

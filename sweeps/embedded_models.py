@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from domainbed_diffusion import digitstyles
+from domainbed_diffusion.benchmark import digitstyles
 from domainbed_diffusion.diffusion import LatentDiffusion
 from domainbed_diffusion.diffusion.loading import resolve_model
 from domainbed_diffusion.generation.base import to_uint8
-from domainbed_diffusion.generators import trained_on
+from domainbed_diffusion.diffusion.choice import trained_on
 from offline_generation import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

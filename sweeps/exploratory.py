@@ -81,7 +81,7 @@ def main(argv=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [main_job.REPO, os.environ.get("PYTHONPATH")] if p))
     main_job._START = start = time.time()
     main_job.step("1/4 DigitStyles and the synthetic images (the main job's where they are)")
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
     from offline_generation.cli import main as generator
     digitstyles.prepare(data_dir, pool=False)
@@ -133,7 +133,7 @@ def tables_text(tidy, profile):
 
 def filter_drops(synthetic_root):
     """``{method: "dropped of images (share)"}`` from the filter files' headers."""
-    from domainbed_diffusion.filtering import filter_path
+    from domainbed_diffusion.data.filtering import filter_path
     out = {}
     for method in FILTERED:
         path = filter_path(os.path.join(synthetic_root, "DigitStyles"), method, "label")
@@ -145,11 +145,4 @@ def filter_drops(synthetic_root):
 
 
 if __name__ == "__main__":
-    from offline_generation.cli import interruptible
-    interruptible()
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        from offline_generation.cli import INTERRUPTED
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+    main_job.run_script(main)

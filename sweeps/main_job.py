@@ -254,7 +254,7 @@ def main(argv=None):
     start = _START = time.time()
 
     step("1/6 DigitStyles")
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     digitstyles.prepare(data_dir, pool=False)
 
     step("2/6 synthetic domains with the embedded models, one per test env")
@@ -311,7 +311,7 @@ def main(argv=None):
 def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, env, headline):
     """The controls (with the per-test-env generators) and the generator rows with the all-styles model, read
     against the main job's rows, paired by trial seed."""
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     start = time.time()
     folder = os.path.join(out, "ablation")
     step("ablation 1/3 controls: regenerations (ED-SAM at rho = 0), CDGA-IG's composites, and their sweep")
@@ -358,12 +358,16 @@ def ablation(args, profile, algorithms, data_dir, out, sweep_dir, generation, en
           f"ablation finished in {(time.time() - start) / 60:.1f} min")
     return 0
 
-if __name__ == "__main__":
-    from offline_generation.cli import interruptible
+def run_script(main):
+    """A sweep script's entry point: Ctrl-C stops it (even started in the background) with one line, exit 130."""
+    from offline_generation.cli import INTERRUPTED, interruptible
     interruptible()
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        from offline_generation.cli import INTERRUPTED
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -24,8 +24,8 @@ import subprocess
 import sys
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.hparams_registry import PAPERS_DATASETS as DATASETS
-from domainbed_diffusion.shipped import PAPERS_MODEL as MODEL
+from domainbed_diffusion.benchmark import PAPERS_DATASETS as DATASETS
+from domainbed_diffusion.benchmark.shipped import PAPERS_MODEL as MODEL
 
 ALGORITHMS = ["ERM", *catalogue.algorithms()]  # DomainBed's baseline, then the catalogue's rows
 BACKBONE = {"resnet50_augmix": False, "freeze_bn": True}

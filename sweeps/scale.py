@@ -49,7 +49,7 @@ def training_paths(env):
 
 def write_manifests(dataset_root, n_records):
     """``n_records`` CDGA-IG-shaped records over the DomainNet source images, written as one shard."""
-    from domainbed_diffusion.synthetic import env_folder, manifest_name
+    from domainbed_diffusion.data.layout import env_folder, manifest_name
     os.makedirs(dataset_root, exist_ok=True)
     path = os.path.join(dataset_root, manifest_name(METHOD))
     written = 0
@@ -110,7 +110,7 @@ def baseline_select(domains, env_names, class_names, test_envs, training_sources
 
 def child_start(root, reader):
     """A run's start: the training split's paths, then the leak-free selection for test env 0."""
-    from domainbed_diffusion.synthetic import SyntheticDomains
+    from domainbed_diffusion.data.layout import SyntheticDomains
     training = {i: set(training_paths(env)) for i, env in enumerate(ENVS) if i != 0}  # the dataset's side
     base = _peak_mib()
     start = time.perf_counter()
@@ -127,7 +127,7 @@ def child_start(root, reader):
 def child_workers(root, reader, workers):
     """Private memory of each DataLoader worker after it touched every selected image's path once."""
     import torch
-    from domainbed_diffusion.synthetic import SyntheticDomains
+    from domainbed_diffusion.data.layout import SyntheticDomains
     training = {i: set(training_paths(env)) for i, env in enumerate(ENVS) if i != 0}
     domains = SyntheticDomains(root, "DomainNet")
     if reader == "baseline":
@@ -162,7 +162,7 @@ def child_workers(root, reader, workers):
 
 
 def child_build(root):
-    from domainbed_diffusion.synthetic_index import build
+    from domainbed_diffusion.data.index import build
     start = time.perf_counter()
     build(os.path.join(root, "DomainNet"), METHOD, verify=False)
     return dict(seconds=time.perf_counter() - start, peak_mib=_peak_mib())
@@ -173,7 +173,7 @@ def child_pool(size, refreshes, store):
     dict the pool used before and for the spill store, at DomainNet's training-set size."""
     import numpy as np
     import torch
-    from domainbed_diffusion.domainfusion import SpillStore
+    from domainbed_diffusion.methods.domainfusion import SpillStore
     n = int(IMAGES * 0.8 * 5 / 6)  # the 5 training envs' training splits
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
     base = _private_mib()
@@ -212,7 +212,7 @@ def child_generator(data_dir, out_dir, methods):
 
 def child_report(root):
     """The report's pass over a method's records: codes, the bounded sample, CDGA-IG's guide-less pairs."""
-    from domainbed_diffusion.synthetic_index import open_index
+    from domainbed_diffusion.data.index import open_index
     from offline_generation import report
     start = time.perf_counter()
     index = open_index(os.path.join(root, "DomainNet"), METHOD)
@@ -303,7 +303,7 @@ def half_done(data_dir, out_dir):
     """A half-done job: manifests (and empty image files) for the first half of each method's plan."""
     import argparse as ap
 
-    from domainbed_diffusion.synthetic import ManifestWriter, manifest_name
+    from domainbed_diffusion.data.layout import ManifestWriter, manifest_name
     from offline_generation.cli import _finish_generation_args, _generation_arguments
     from offline_generation.generate import plan_method, record_of
     from offline_generation.sources import scan

@@ -153,7 +153,7 @@ def main(argv=None):
         env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
     main_job._START = start = time.time()
     main_job.step("1/4 DigitStyles")
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     digitstyles.prepare(data_dir, pool=False)
     main_job.step(f"2/4 synthetic domains, one draw per trial (trials {trial_seeds(profile)[0]}-"
                   f"{trial_seeds(profile)[-1]})")
@@ -172,11 +172,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from offline_generation.cli import interruptible
-    interruptible()
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        from offline_generation.cli import INTERRUPTED
-        print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+    main_job.run_script(main)

@@ -103,7 +103,7 @@ def tiny_dataset(tmp_path):
 @pytest.fixture(scope="session")
 def digitstyles_dir(tmp_path_factory):
     """DigitStyles written once per session (without the pre-training pool)."""
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     data_dir = str(tmp_path_factory.mktemp("digitstyles"))
     digitstyles.prepare(data_dir, pool=False, verbose=False)
     return data_dir

@@ -4,7 +4,7 @@ import gc
 
 import pytest
 
-from domainbed_diffusion import context
+from domainbed_diffusion.training import context
 
 
 class Env(list):

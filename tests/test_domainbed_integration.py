@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.generators import GeneratorLeakError
-from domainbed_diffusion.synthetic import SyntheticDataError
+from domainbed_diffusion.data.provenance import GeneratorLeakError
+from domainbed_diffusion.data.layout import SyntheticDataError
 
 from conftest import HAVE_DOMAINBED, REPO, needs_domainbed, subprocess_env
 
@@ -34,9 +34,10 @@ if HAVE_DOMAINBED:
     from domainbed import algorithms, datasets, hparams_registry
     from domainbed.lib import misc
 
-    from domainbed_diffusion import context
-    SYNTHETIC = {name: algorithms.get_algorithm_class(name).METHOD for name in OURS
-                 if getattr(algorithms.get_algorithm_class(name), "METHOD", None)}
+    from domainbed_diffusion import catalogue as _catalogue
+    from domainbed_diffusion.training import context
+    SYNTHETIC = {name: _catalogue.reads(algorithms.get_algorithm_class(name)) for name in OURS
+                 if _catalogue.reads(algorithms.get_algorithm_class(name))}
 
 
 def run(args, **env):
@@ -122,7 +123,7 @@ def test_digitstyles_refuses_splits_smaller_than_the_batch(digitstyles_dir):
 
 
 def test_digitstyles_missing_folder_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m domainbed_diffusion.digitstyles"):
+    with pytest.raises(FileNotFoundError, match="python -m domainbed_diffusion.benchmark.digitstyles"):
         datasets.get_dataset_class("DigitStyles")(str(tmp_path), [0], {"batch_size": 8})
 
 
@@ -442,7 +443,7 @@ def test_an_algorithm_never_filters_against_another_datasets_test_env(synthetic_
 # -- a fair comparison: compute matching, leak-free priors, the pretrained featurizer --------------------------
 def test_generator_split_is_domainbeds_split(digitstyles_dir):
     """``splits`` (no DomainBed) gives the train script's validation split of every env, for any trial seed."""
-    from domainbed_diffusion import splits
+    from domainbed_diffusion.data import splits
     dataset = datasets.get_dataset_class("DigitStyles")(digitstyles_dir, [0], {})
     validation = splits.validation_paths(dataset.dir, dataset.ENVIRONMENTS, [0, 1, 7], 0.2)
     for i, env in enumerate(dataset):
@@ -499,8 +500,8 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
     """Changing a validation image of trial 0 changes no trial-0 prior image; changing a training image does;
     a run takes the images of its own split, and a trial that was not generated is an error naming it."""
     from offline_generation.cli import main
-    from domainbed_diffusion import splits
-    from domainbed_diffusion.synthetic import SyntheticDataError, read_manifests
+    from domainbed_diffusion.data import splits
+    from domainbed_diffusion.data.layout import SyntheticDataError, read_manifests
     data = str(tmp_path / "data")
     _copy_tree(os.path.join(digitstyles_dir, "DigitStyles"), os.path.join(data, "DigitStyles"), per_class=5)
     root = os.path.join(data, "DigitStyles")
@@ -570,7 +571,7 @@ def test_cdga_ig_reads_its_own_trials_pairs_and_refuses_a_trial_not_made(synthet
 
 
 def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_as_oracle(digitstyles_dir):
-    from domainbed_diffusion import pretrained
+    from domainbed_diffusion.benchmark import pretrained
     shipped = torch.load(pretrained.EMBEDDED_FEATURIZER_PATH, weights_only=True)["featurizer"]
     for name in ["ERM", *OURS]:
         hparams = hparams_registry.default_hparams(name, "DigitStyles")
@@ -585,7 +586,7 @@ def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_
     scratch = algorithms.get_algorithm_class("ERM")((3, 28, 28), 10, 3, dict(hparams, pretrained_featurizer=""))
     assert not torch.equal(scratch.featurizer.state_dict()["conv1.weight"], shipped["conv1.weight"])
     with pytest.raises(FileNotFoundError, match="pretrained_featurizer='/nonexistent.pt'.*python -m "
-                                                "domainbed_diffusion.pretrained"):
+                                                "domainbed_diffusion.benchmark.pretrained"):
         algorithms.get_algorithm_class("ERM")((3, 28, 28), 10, 3, dict(hparams, pretrained_featurizer="/nonexistent.pt"))
     # DomainBed's own datasets are untouched: no such hparam, a featurizer from scratch
     assert "pretrained_featurizer" not in hparams_registry.default_hparams("ERM", "PACS")
@@ -608,7 +609,7 @@ def test_channels_last_featurizer_computes_what_the_default_layout_computes():
 
 @needs_install
 def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path):
-    from domainbed_diffusion import pretrained
+    from domainbed_diffusion.benchmark import pretrained
     shipped = torch.load(pretrained.EMBEDDED_FEATURIZER_PATH, weights_only=True)["featurizer"]
     for name, hparams in (("MIRO", {}), ("ERM", {"pretrained_featurizer": ""})):
         out = str(tmp_path / name)
@@ -704,7 +705,7 @@ def test_erm_augment_draws_one_augmentation_per_image(digitstyles_dir):
 
 
 def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(synthetic_digitstyles):
-    from domainbed_diffusion.synthetic import env_folder
+    from domainbed_diffusion.data.layout import env_folder
     union, balanced = [], []
     for name, out in (("Regenerated", union), ("Regenerated_Balanced", balanced)):
         hparams = hparams_registry.default_hparams(name, "DigitStyles")
@@ -783,7 +784,7 @@ def test_coral_trains_with_a_methods_images_as_extra_environments(synthetic_digi
     with 4 domains and each step gets a fourth minibatch of those images, none from a validation split or by a
     model that saw ink; results.jsonl keeps DigitStyles' four envs and their indices."""
     import runpy
-    from domainbed_diffusion import options
+    from domainbed_diffusion.training import options
     seen = []
     original = options._Extras.minibatches
 
@@ -816,7 +817,7 @@ def test_coral_trains_with_a_methods_images_as_extra_environments(synthetic_digi
 def test_any_algorithm_mixes_named_methods_images_into_each_envs_minibatch(synthetic_digitstyles):
     """ERM with CDGA-PG's and ED-SAM's images: each env's synthetic set is both methods' images of that env, each
     slot synthetic at the union's share, ERM's images per step unchanged."""
-    from domainbed_diffusion import options
+    from domainbed_diffusion.training import options
     hparams = dict(hparams_registry.default_hparams("ERM", "DigitStyles"), synthetic_methods=["cdga-pg", "edsam"])
     dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [1], hparams)
     for i, env in enumerate(dataset):

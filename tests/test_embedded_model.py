@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from domainbed_diffusion import digitstyles
+from domainbed_diffusion.benchmark import digitstyles
 from domainbed_diffusion.diffusion import LatentDiffusion
 from offline_generation.preview import text_to_image
 
@@ -75,7 +75,7 @@ def test_samples_follow_the_prompted_digit(judge, name):
 def test_the_held_out_recipe_is_byte_reproducible_and_resumes(tmp_path):
     """A short version of the recipe (a few steps per stage) twice from scratch, then once more resumed from the
     cached base: every file of the models is the same bytes; the card says which styles each saw."""
-    from domainbed_diffusion.generators import trained_on
+    from domainbed_diffusion.diffusion.choice import trained_on
     from offline_generation.train_embedded import train_held_out
     data_dir = str(tmp_path / "data")
     steps = dict(vae_steps=2, base_steps=2, finetune_steps=2)

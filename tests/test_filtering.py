@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from domainbed_diffusion import filtering, splits
-from domainbed_diffusion.synthetic import ManifestWriter, SyntheticDataError, SyntheticDomains, manifest_name
+from domainbed_diffusion.data import filtering, splits
+from domainbed_diffusion.data.layout import ManifestWriter, SyntheticDataError, SyntheticDomains, manifest_name
 from offline_generation import filtering as command
 
 ENVS, CLASSES = ["env a", "env_b", "env_c"], ["cat", "dog"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from domainbed_diffusion.synthetic import SyntheticDataError, SyntheticDomains, read_manifests
+from domainbed_diffusion.data.layout import SyntheticDataError, SyntheticDomains, read_manifests
 from offline_generation.cli import main as cli_main
 
 from conftest import REPO, subprocess_env, write_image_dataset
@@ -327,7 +327,7 @@ def test_guides_and_priors_are_each_trials_own(generated, tiny_checkpoint, tmp_p
     """CDGA-IG and latent-prior images are made per trial: each record carries its trial and the digest of the
     validation split it excluded, its source and guide are in that trial's training split, and a trial's images
     (its guide pool with them) are the same whichever other trials are planned."""
-    from domainbed_diffusion import splits
+    from domainbed_diffusion.data import splits
     validation = splits.validation_paths(os.path.join(generated, "Tiny"), ENVS, [0, 1, 2], 0.2)
     assert all(len(validation[t][env]) == 1 for t in (0, 1, 2) for env in ENVS)  # int(6 * 0.2) of each env
     records = read_manifests(os.path.join(generated, "synthetic", "Tiny"))
@@ -357,7 +357,7 @@ def test_per_trial_draws_differ_between_trials_and_repeat_on_rerun(tiny_checkpoi
     """--per_trial: each trial's images of a source come from a seed of their own (a second trial is a second
     draw), from the trial's training split only; the same command again leaves every byte as it was, and a fresh
     run of the same command makes the same bytes."""
-    from domainbed_diffusion import splits
+    from domainbed_diffusion.data import splits
     data_dir = str(tmp_path / "data")
     write_image_dataset(os.path.join(data_dir, "Tiny"), ENVS, ["cat", "dog"], per_class=3)
     argv = ("--per_trial", "--trial_seeds", "0", "1")

@@ -8,40 +8,41 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from domainbed_diffusion import generators, synthetic
-from domainbed_diffusion.generators import UNSAFE, GeneratorLeakError
-from domainbed_diffusion.shipped import MODEL_CARD, held_out_model_path
-from domainbed_diffusion.synthetic import ManifestWriter, SyntheticDomains, manifest_name
+from domainbed_diffusion.diffusion import choice
+from domainbed_diffusion.data import layout as synthetic
+from domainbed_diffusion.data.provenance import UNSAFE, GeneratorLeakError
+from domainbed_diffusion.benchmark.shipped import MODEL_CARD, held_out_model_path
+from domainbed_diffusion.data.layout import ManifestWriter, SyntheticDomains, manifest_name
 
 ENVS = ["a", "b", "c"]
 
 
 def test_embedded_on_digitstyles_is_one_model_per_test_env():
     envs = ["blueprint", "ink", "neon", "sketch"]
-    jobs = generators.generators("embedded", "DigitStyles", envs)
+    jobs = choice.generators("embedded", "DigitStyles", envs)
     assert [(g.model, g.tag, g.held_out) for g in jobs] == [
         (f"embedded-without-{e}", f"without-{e}", e) for e in envs]
-    assert generators.embedded_folder("embedded-without-neon") == held_out_model_path("neon")
-    assert generators.model_for_run("embedded", "DigitStyles", ["neon"]) == "embedded-without-neon"
+    assert choice.embedded_folder("embedded-without-neon") == held_out_model_path("neon")
+    assert choice.model_for_run("embedded", "DigitStyles", ["neon"]) == "embedded-without-neon"
     with pytest.raises(GeneratorLeakError, match="one test env at a time"):
-        generators.model_for_run("embedded", "DigitStyles", ["neon", "ink"])
+        choice.model_for_run("embedded", "DigitStyles", ["neon", "ink"])
     # one model for every test env: the papers' model, the all-styles ablation, embedded elsewhere
     for model, dataset in (("CompVis/stable-diffusion-v1-4", "PACS"), ("embedded-all-styles", "DigitStyles"),
                            ("embedded", "Debug28")):
-        assert [(g.model, g.tag, g.held_out) for g in generators.generators(model, dataset, envs)] == \
+        assert [(g.model, g.tag, g.held_out) for g in choice.generators(model, dataset, envs)] == \
             [(model, None, None)]
-        assert generators.model_for_run(model, dataset, ["neon"]) == model
+        assert choice.model_for_run(model, dataset, ["neon"]) == model
     # a user's per-test-env models on the papers' datasets
-    jobs = generators.generators("/models/sd-without-{test_env}", "PACS", ["photo", "sketch"])
+    jobs = choice.generators("/models/sd-without-{test_env}", "PACS", ["photo", "sketch"])
     assert [g.model for g in jobs] == ["/models/sd-without-photo", "/models/sd-without-sketch"]
 
 
 def test_every_shipped_digitstyles_model_says_what_it_saw():
-    from domainbed_diffusion.digitstyles import DOMAINS, POOL_STYLES
+    from domainbed_diffusion.benchmark.digitstyles import DOMAINS, POOL_STYLES
     from domainbed_diffusion.diffusion.loading import resolve_model
-    assert generators.trained_on(resolve_model("embedded-all-styles")) == sorted(POOL_STYLES)
+    assert choice.trained_on(resolve_model("embedded-all-styles")) == sorted(POOL_STYLES)
     for style in DOMAINS:
-        seen = generators.trained_on(resolve_model(f"embedded-without-{style}"))
+        seen = choice.trained_on(resolve_model(f"embedded-without-{style}"))
         assert seen == sorted(set(POOL_STYLES) - {style})
 
 

@@ -21,7 +21,7 @@ TOLERANCE = {"bfloat16": dict(mean=0.01, max=0.1), "float16": dict(mean=0.002, m
 @pytest.fixture(scope="module")
 def pixels():
     """A seven, a three and a five in DigitStyles' styles: images the embedded model knows."""
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     digits, targets = digitstyles.load_digits()
     picks = [(int(np.flatnonzero(targets == d)[0]), style) for d, style in ((7, "neon"), (3, "ink"), (5, "sketch"))]
     images = [digitstyles.render_digit(digits, k, style) for k, style in picks]
@@ -100,7 +100,7 @@ def generate(data_dir, out, *extra, methods=("cdga-pg", "edsam")):
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     """Three envs of rendered digits (the embedded model's kind of image), two classes, two images each."""
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     data_dir = str(tmp_path_factory.mktemp("gpu-paths"))
     digits, targets = digitstyles.load_digits()
     for env, style in (("a", "neon"), ("b", "ink"), ("c", "sketch")):

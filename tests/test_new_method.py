@@ -1,5 +1,6 @@
-"""A fifth generation method touches no file of the plugin: defined here, added to the catalogue, generated with
-the embedded model by the generator's command line, and trained on by DomainBed's stock train script."""
+"""A fifth generation method touches no file of the plugin: defined here (a Runner and its spec; no algorithm class:
+the catalogue derives it), added to the catalogue, generated with the embedded model by the generator's command
+line, and trained on by DomainBed's stock train script."""
 import json
 import os
 import runpy
@@ -12,14 +13,13 @@ from PIL import Image
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.generation import MethodSpec, Runner, Unit, stem, to_uint8
 
-from conftest import HAVE_DOMAINBED, needs_domainbed
+from conftest import needs_domainbed
 
 METHOD, ALGORITHM = "toy-vae", "TOY_VAE"
 
 
 class VAERoundTrip(Runner):
     """The toy method: each training image through the VAE and back (content-preserving, one image each)."""
-    name = METHOD
 
     def params(self):
         return dict(resolution=self.cfg.resolution)
@@ -41,30 +41,13 @@ def toy_hparams(hp, dataset):
     hp.define("toy_marker", 7, lambda r: 7)
 
 
-BUILT = []  # the toy algorithms the train script built
-
-
-def toy_algorithm_class():
-    """The algorithm, as an algorithms module would write it (built here only where DomainBed is importable)."""
-    from domainbed_diffusion.algorithms import SyntheticERM
-
-    class TOY_VAE(SyntheticERM):
-        METHOD = "toy-vae"
-
-        def __init__(self, *args):
-            super().__init__(*args)
-            BUILT.append(self)
-    return TOY_VAE
-
-
 SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
 
 
 @pytest.fixture
 def toy_method():
-    algorithm_class = toy_algorithm_class() if HAVE_DOMAINBED else f"{__name__}:{ALGORITHM}"  # never loaded then
-    spec = MethodSpec(METHOD, ALGORITHM, VAERoundTrip, SAMPLING, SAMPLING, algorithm_class=algorithm_class,
-                      synthetic_mode="union", hparams=toy_hparams)
+    spec = MethodSpec(METHOD, ALGORITHM, VAERoundTrip, SAMPLING, SAMPLING, synthetic_mode="union",
+                      hparams=toy_hparams)
     catalogue.add(spec)
     yield spec
     catalogue.remove(ALGORITHM)
@@ -72,6 +55,9 @@ def toy_method():
     if module is not None and ALGORITHM in module.ALGORITHMS:
         module.ALGORITHMS.remove(ALGORITHM)
         delattr(module, ALGORITHM)
+    ours = sys.modules.get("domainbed_diffusion.algorithms")
+    if ours is not None and hasattr(ours, ALGORITHM):
+        delattr(ours, ALGORITHM)  # the derived class, made when DomainBed registered it
 
 
 def generate(data_dir, out):
@@ -109,6 +95,14 @@ def test_a_method_added_to_the_catalogue_is_listed_and_generated(toy_method, dig
 def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_method, digitstyles_dir, tmp_path,
                                                                           monkeypatch):
     import domainbed_diffusion
+    from domainbed import algorithms
+    from domainbed_diffusion.algorithms import SyntheticERM
+    built, init = [], SyntheticERM.__init__
+
+    def recording(self, *args):
+        init(self, *args)
+        built.append(self)
+    monkeypatch.setattr(SyntheticERM, "__init__", recording)
     synthetic = str(tmp_path / "synthetic")
     records = generate(digitstyles_dir, synthetic)
     domainbed_diffusion.register()  # DomainBed may be imported already (earlier tests): add the new algorithm
@@ -116,6 +110,9 @@ def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_me
     monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", ALGORITHM, "--data_dir",
                                       digitstyles_dir, "--test_envs", "0", "--steps", "3", "--output_dir", str(out),
                                       "--hparams", json.dumps({"synthetic_root": synthetic})])
+    derived = catalogue.entry(ALGORITHM).load_class()
+    assert derived.__name__ == ALGORITHM and issubclass(derived, SyntheticERM) and "toy-vae" in derived.__doc__
+    assert issubclass(algorithms.get_algorithm_class(ALGORITHM), derived)
     runpy.run_module("domainbed.scripts.train", run_name="__main__")
     with open(out / "results.jsonl") as f:
         last = [json.loads(line) for line in f][-1]
@@ -125,7 +122,8 @@ def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_me
     assert np.isfinite(last["loss"])
     # what it trained on: toy images of its training envs only (test env 0, blueprint, was generated too), each
     # made from an image of that env's training split
-    run = BUILT[-1]
+    run = built[-1]
+    assert type(run).__name__ == ALGORITHM and run.method == METHOD
     used = [d.selection.records() for d in run.synthetic.datasets]
     assert [{r["source_env"] for r in env} for env in used] == [{"ink"}, {"neon"}, {"sketch"}]
     for i, env in zip(run.run_context.train_envs, used):
@@ -141,7 +139,7 @@ TOY_PACKAGE = '''
 from domainbed_diffusion.generation import MethodSpec, Runner
 
 class Nothing(Runner):
-    name = "toy-entry-point"
+    pass
 
 SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
 SPEC = MethodSpec("toy-entry-point", "TOY_ENTRY_POINT", Nothing, SAMPLING, SAMPLING,
@@ -161,3 +159,23 @@ def test_an_installed_package_joins_the_catalogue_of_every_process_through_its_e
                           "print(catalogue.algorithms()[-1], catalogue.methods()[-1])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["TOY_ENTRY_POINT", "toy-entry-point"]
+
+
+def test_a_runner_serving_two_specs_takes_each_specs_name_for_its_seeds_folders_and_records():
+    """The name a runner writes under is its spec's: a control reusing a method's runner (``regenerate`` runs
+    ED-SAM's) can neither take that method's seeds and folders nor land in its manifests."""
+    from domainbed_diffusion.generation import SourceImage
+    edsam, regenerate = catalogue.spec("edsam"), catalogue.spec("regenerate")
+    assert regenerate.runner is edsam.runner
+    image = SourceImage("ink", "two", "ink/two/0001.png")
+
+    class Sources:
+        images, name = [image], "DigitStyles"
+
+    made = {}
+    for spec in (edsam, regenerate):
+        runner = spec.make(spec.config(embedded=True, dataset="DigitStyles", num_samples=1))
+        item = next(iter(runner.plan(Sources, ["ink"]))).items[0]
+        made[spec.name] = item
+        assert runner.name == spec.name and item.method == spec.name and f"{spec.name}__ink" in item.file
+    assert made["edsam"].seed != made["regenerate"].seed

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from domainbed_diffusion.synthetic import ManifestWriter, env_folder, manifest_name
-from domainbed_diffusion.synthetic_index import build
+from domainbed_diffusion.data.layout import ManifestWriter, env_folder, manifest_name
+from domainbed_diffusion.data.index import build
 from offline_generation.cli import main as cli_main
 from offline_generation.report import fid_kid
 
@@ -48,7 +48,7 @@ def test_fid_and_kid_vanish_on_a_set_against_itself_and_grow_with_a_shift():
 
 @needs_domainbed
 def test_copies_score_as_copies_and_restyled_digits_as_their_new_style(digitstyles_dir, tmp_path):
-    from domainbed_diffusion import digitstyles
+    from domainbed_diffusion.benchmark import digitstyles
     images, _ = digitstyles.load_digits()
     dataset = os.path.join(digitstyles_dir, "DigitStyles")
     sources = [(env, cls, name) for env in digitstyles.DOMAINS for cls in digitstyles.CLASS_NAMES

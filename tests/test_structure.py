@@ -51,6 +51,39 @@ def imports(name, path, known, top_level_only=False):
     return found
 
 
+P = "domainbed_diffusion"
+# constants and small helpers with no import of the package's logic: anything may read them
+NAMES = {f"{P}.benchmark", f"{P}.benchmark.shipped", f"{P}.data.seeding", f"{P}.data.files"}
+# the wings, bottom to top: a module imports from its own layer or below, never above
+LAYERS = [
+    [f"{P}.data"],  # the on-disk layer: synthetic layout, index, splits, filter, the leak rule
+    [f"{P}.benchmark"],  # DigitStyles, its dataset class, its pretrained featurizer
+    [f"{P}.diffusion", f"{P}.methods"],  # the Stable Diffusion code path; each method's math
+    [f"{P}.generation", f"{P}.hparams_registry"],  # the generation methods' runners and specs
+    [f"{P}.catalogue"],
+    [f"{P}.training", f"{P}.launchers", f"{P}.results"],  # what a DomainBed run does beyond stock; sweeps; tables
+    [P],  # DomainBed's side: algorithms, registration, start-up
+]
+
+
+def layer(module):
+    """A module's layer: -1 for the names, else its longest matching prefix's."""
+    if module in NAMES:
+        return -1
+    matches = [(len(prefix), k) for k, prefixes in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    return max(matches)[1]
+
+
+def test_the_wings_import_downwards_only():
+    known = {n: p for n, p in modules().items() if n.startswith(P)}
+    upward = [f"{n} (layer {layer(n)}) imports {t} (layer {layer(t)})" for n, path in sorted(known.items())
+              for t in sorted(imports(n, path, known)) if layer(t) > layer(n)]
+    assert not upward, upward
+    for name in NAMES:  # the names import nothing of the package
+        assert not imports(name, known[name], known), name
+
+
 def test_no_import_cycle_inside_the_packages():
     known = modules()
     graph = {name: imports(name, path, known) for name, path in known.items()}
@@ -81,7 +114,7 @@ def test_start_up_and_registry_imports_are_light():
         allowed = {"domainbed_diffusion.registration"} if name.endswith("_autoload") else set()
         assert imports(name, known[name], known, top_level_only=True) <= allowed, name
     registry = imports("domainbed_diffusion.hparams_registry", known["domainbed_diffusion.hparams_registry"], known)
-    assert registry <= {"domainbed_diffusion.seeding", "domainbed_diffusion.shipped"}, registry
+    assert registry <= NAMES, registry
     # the generator builds on the plugin, never the other way round
     assert not any(t.startswith("offline_generation")
                    for n, p in known.items() if n.startswith("domainbed_diffusion") for t in imports(n, p, known))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from domainbed_diffusion.swad import Averager, LossValley
+from domainbed_diffusion.training.swad import Averager, LossValley
 
 # t_s = 3: the first loss that is the lowest of the three from it (0.5 <= 0.55, 0.52); threshold 1.3 * mean(0.5,
 # 0.55, 0.52) = 0.680; t_e = 8: the first segment after t_s whose six losses from it are all above 0.680

@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from domainbed_diffusion.domainfusion import SpillStore
-from domainbed_diffusion.synthetic import (ManifestWriter, SyntheticDataError, SyntheticDomains, env_folder,
-                                           manifest_name, read_manifests)
+from domainbed_diffusion.methods.domainfusion import SpillStore
+from domainbed_diffusion.data.layout import ManifestWriter, SyntheticDataError, SyntheticDomains, env_folder, manifest_name, read_manifests
 
 ENVS = ["env a", "env_b", "env_c"]
 CLASSES = ["cat", "dog"]
@@ -109,7 +108,7 @@ def test_the_index_command_builds_and_verifies(synthetic_root, capsys):
 
 
 def test_selection_is_leak_free_and_a_vanished_file_is_named_when_loaded(synthetic_root):
-    from domainbed_diffusion.training_data import SyntheticImages
+    from domainbed_diffusion.training.inputs import SyntheticImages
     domains = SyntheticDomains(synthetic_root, "Tiny")
     training = {1: {"env_b/cat/img0.png", "env_b/dog/img1.png"}, 2: {"env_c/cat/img1.png", "env_c/dog/img0.png",
                                                                      "env_c/cat/img0.png"}}

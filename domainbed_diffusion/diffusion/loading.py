@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from ..shipped import EMBEDDED, EMBEDDED_ALL_STYLES, EMBEDDED_MODEL_PATH, FOLDER
+from ..benchmark.shipped import EMBEDDED, EMBEDDED_ALL_STYLES, EMBEDDED_MODEL_PATH, FOLDER
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -48,7 +48,7 @@ def validate_checkpoint(folder):
 def resolve_model(name_or_path):
     """The local folder of a model name: ``embedded`` (the all-styles model; ``generators`` picks the per-test-env
     one for a run), ``embedded-all-styles``, ``embedded-without-<style>``, a folder, or a cached Hugging Face id."""
-    from ..generators import embedded_folder
+    from .choice import embedded_folder
     name = (name_or_path or EMBEDDED).strip()
     folder = embedded_folder(name)
     if folder is not None:

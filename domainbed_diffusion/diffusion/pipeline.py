@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..shipped import EMBEDDED
+from ..benchmark.shipped import EMBEDDED
 from . import loading
 
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import splits
-from ..seeding import seed_hash
-from ..synthetic import env_folder, safe_name
+from ..data import splits
+from ..data.seeding import seed_hash
+from ..data.layout import env_folder, safe_name
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,17 @@ class Fit:
 
 class Runner:
     """A generation method's orchestration: ``plan`` yields units, ``run`` makes a batch of them. The math it
-    calls lives in ``domainbed_diffusion.methods``, shared with the algorithms."""
-    name = ""
+    calls lives in ``domainbed_diffusion.methods``, shared with the algorithms. Its name (seeds, folders, records)
+    is its spec's: one runner class can serve several specs."""
     units_per_batch = None  # None: as many as fit in the batch size
     min_references = 1  # source images an (env, class) needs before the method can use it
 
     def __init__(self, cfg):
         self.cfg = cfg  # a namespace of this method's resolved settings (``MethodSpec.config``)
+
+    @property
+    def name(self):
+        return self.cfg.method
 
     def seed(self, *keys):
         return seed_hash(self.cfg.seed, self.name, self.cfg.dataset, *keys)
@@ -186,12 +190,15 @@ class Runner:
 
 @dataclass(frozen=True)
 class Option:
-    """A method's setting: a command-line flag of the generator, with its default."""
+    """A method's setting: a command-line flag of the generator, with its default, and where a run chooses among
+    the images made with several values, its hparam twin (``hparam``; random search: ``search(random_state)``)."""
     name: str
     default: Any
     type: Callable = str
     help: str = ""
     nargs: Any = None
+    hparam: Optional[str] = None
+    search: Optional[Callable] = None
 
 
 @dataclass(frozen=True)
@@ -202,18 +209,23 @@ class MethodSpec:
     runner: type  # its Runner subclass
     sampling: Dict[str, Any]  # steps, strength, guidance, resolution: the paper's
     embedded_sampling: Dict[str, Any]  # the same for the embedded DigitStyles model (32 px)
-    algorithm_class: Union[str, type]  # the algorithm's class, or "module:Class" (imported when DomainBed is)
+    # the algorithm's class, or "module:Class" (imported when DomainBed is); None: ``SyntheticERM`` named
+    # ``algorithm`` (a method whose algorithm adds nothing to reading its images needs no class of its own)
+    algorithm_class: Union[str, type, None] = None
     synthetic_mode: str = "union"  # how the algorithm mixes real and synthetic images (``SyntheticERM``)
     per_split: bool = False  # always made per trial (it fits on a split): a run uses only its own trial's images
     hparams: Optional[Callable] = None  # the algorithm's own hyperparameter block (``hparams_registry``)
     options: Tuple[Option, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)  # settings the method does not take from the command line
     control: bool = False  # a control of the ablation table, not a method: ``--methods all`` leaves it out
+    # settings over the defaults on DomainBed's Debug datasets (noise tensors, no files); a callable value is
+    # given the training envs' names
+    debug: Dict[str, Any] = field(default_factory=dict)
 
     def config(self, embedded=False, **given):
         """The method's settings: ``given`` values (None: not given) over its defaults for the model in use."""
         cfg = SimpleNamespace(seed=0, dataset="", batch_size=32, per_trial=False, trial_seeds=None,
-                              holdout_fraction=None)
+                              holdout_fraction=None, method=self.name)
         defaults = dict(self.embedded_sampling if embedded else self.sampling)
         defaults.update((o.name, o.default) for o in self.options)
         for key, value in given.items():
@@ -233,9 +245,22 @@ class MethodSpec:
     def make(self, cfg):
         return self.runner(cfg)
 
+    def twins(self):
+        """The options a run chooses with an hparam: ``{option name: Option}``."""
+        return {o.name: o for o in self.options if o.hparam}
+
+    def from_hparams(self, hparams):
+        """``{option name: value}`` of the hparam twins in a run's ``hparams``."""
+        return {name: o.type(hparams[o.hparam]) for name, o in self.twins().items()}
+
+    def debug_settings(self, envs):
+        """The settings this method takes on DomainBed's Debug datasets, for training envs ``envs``."""
+        return {k: v(envs) if callable(v) else v for k, v in self.debug.items()}
+
 
 # Options and sampling shared by several methods.
-IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)")
+IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)",
+                         hparam="cdga_images_per_pair")
 # Sampling: the papers' where they say (ED-SAM: 10 DDIM steps at 256 px; CDGA: SD's img2img defaults at about
 # DomainBed's input size), and small ones for the embedded DigitStyles model, at CDGA's strength for both CDGAs.
 CDGA_SAMPLING = dict(steps=50, strength=0.75, guidance=7.5, resolution=256)

@@ -9,7 +9,6 @@ from .cdga_pg import CDGAPromptGuided
 
 
 class CDGAImageGuided(CDGAPromptGuided):
-    name = "cdga-ig"
 
     def params(self):
         return dict(super().params(), guide_mix=self.cfg.guide_mix)
@@ -30,19 +29,27 @@ class CDGAImageGuided(CDGAPromptGuided):
             return None if guide is None else dict(guide=guide, prompt=cdga.class_prompt(image.class_name))
         return self.pair_units(sources, envs, guidance)
 
-    def run(self, model, units, sources, report):
+    def pairs(self, units, sources, report):
+        """The items whose source and guide could both be read, with those images: ``(items, sources, guides)``
+        (pixels (B, 3, R, R) in [0, 1], one row per item), or None when none could."""
         pixels, ok = sources.load([u.key for u in units], self.cfg.resolution, report)
         if pixels is None:
-            return []
+            return None
         units = [units[i] for i in ok]
         items = [item for u in units for item in u.items]
         pixels = pixels.repeat_interleave(torch.tensor([u.size for u in units]), 0)
         guides, ok = sources.load([it.guide for it in items], self.cfg.resolution, report)
         if guides is None:
+            return None
+        return [items[i] for i in ok], pixels[ok], guides
+
+    def run(self, model, units, sources, report):
+        pairs = self.pairs(units, sources, report)
+        if pairs is None:
             return []
+        items, pixels, guides = pairs
         c = self.cfg
-        items = [items[i] for i in ok]
-        images = cdga.image_guided(model, pixels[ok].to(model.device), guides.to(model.device),
+        images = cdga.image_guided(model, pixels.to(model.device), guides.to(model.device),
                                    [it.prompt for it in items], [it.seed for it in items], c.strength, c.steps,
                                    c.guidance, c.guide_mix)
         return list(zip(items, to_uint8(images)))

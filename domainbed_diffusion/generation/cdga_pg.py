@@ -1,5 +1,7 @@
 """CDGA-PG (Hemati et al., 2023): img2img of each image of env i toward every other env j, prompted with env j's
 description; ``CDGA_PG`` trains ERM on the union of real and synthetic images."""
+import json
+
 import torch
 
 from .. import hparams_registry
@@ -8,7 +10,6 @@ from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, 
 
 
 class CDGAPromptGuided(Runner):
-    name = "cdga-pg"
 
     def plan(self, sources, envs):
         descriptions = cdga.load_descriptions(sources.name, envs, self.cfg.domain_descriptions)
@@ -55,4 +56,5 @@ SPEC = MethodSpec(
     algorithm_class="domainbed_diffusion.algorithms:CDGA_PG", synthetic_mode="union", hparams=hparams_registry.cdga,
     options=(IMAGES_PER_PAIR,
              Option("domain_descriptions", None, str, "CDGA-PG: env -> text, a JSON object or file"),
-             Option("prompt_template", cdga.PROMPT_TEMPLATE, str, "CDGA-PG prompt template")))
+             Option("prompt_template", cdga.PROMPT_TEMPLATE, str, "CDGA-PG prompt template")),
+    debug=dict(domain_descriptions=lambda envs: json.dumps({e: f"domain {e}" for e in envs})))

@@ -8,23 +8,16 @@ from .cdga_ig import SPEC as CDGA_IG, CDGAImageGuided
 
 
 class CompositeRunner(CDGAImageGuided):
-    name = "composite"
 
     def params(self):
         return dict(resolution=self.cfg.resolution, guide_mix=self.cfg.guide_mix)
 
     def run(self, model, units, sources, report):
-        pixels, ok = sources.load([u.key for u in units], self.cfg.resolution, report)
-        if pixels is None:
+        pairs = self.pairs(units, sources, report)
+        if pairs is None:
             return []
-        units = [units[i] for i in ok]
-        items = [item for u in units for item in u.items]
-        index = [i for i, u in enumerate(units) for _ in u.items]
-        guides, ok = sources.load([it.guide for it in items], self.cfg.resolution, report)
-        if guides is None:
-            return []
-        items = [items[i] for i in ok]
-        return list(zip(items, to_uint8(transplant(pixels[[index[i] for i in ok]], guides, self.cfg.guide_mix))))
+        items, pixels, guides = pairs
+        return list(zip(items, to_uint8(transplant(pixels, guides, self.cfg.guide_mix))))
 
     @staticmethod
     def flops(cfg, unet, encode, decode):

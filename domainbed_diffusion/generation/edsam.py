@@ -1,13 +1,11 @@
 """ED-SAM (Truong et al., 2024): DDIM-invert each image with its class prompt, move the latent M times with the
 transport transformation (``methods.edsam``), regenerate; ``EDSAM`` trains on Eq. 11's equal real and synthetic
 terms."""
-from .. import hparams_registry
 from ..methods import cdga, edsam
 from .base import EMBEDDED_INVERSION, INVERSION_SAMPLING, MethodSpec, Option, Runner, stem, to_uint8
 
 
 class EDSAMRunner(Runner):
-    name = "edsam"
 
     def params(self):
         return dict(steps=self.cfg.steps, guidance=self.cfg.guidance, resolution=self.cfg.resolution,
@@ -43,7 +41,8 @@ class EDSAMRunner(Runner):
 
 SPEC = MethodSpec(
     "edsam", "EDSAM", EDSAMRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
-    algorithm_class="domainbed_diffusion.algorithms:EDSAM", synthetic_mode="balanced", hparams=hparams_registry.edsam,
-    options=(Option("num_samples", 10, int, "ED-SAM: M samples per image"),
-             Option("rho", 0.5, float, "ED-SAM: transport distance bound")),
+    algorithm_class="domainbed_diffusion.algorithms:EDSAM", synthetic_mode="balanced",
+    options=(Option("num_samples", 10, int, "ED-SAM: M samples per image", hparam="edsam_m",
+                    search=lambda r: int(r.choice([3, 5, 10]))),
+             Option("rho", 0.5, float, "ED-SAM: transport distance bound", hparam="edsam_rho")),
     fixed=dict(strength=1.0))

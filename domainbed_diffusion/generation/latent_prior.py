@@ -19,7 +19,6 @@ def bandwidth(value):
 
 
 class LatentPriorRunner(Runner):
-    name = "latent-prior"
     units_per_batch = 1  # one (env, class) group at a time: its references set the prior
     min_references = 3  # a prior and its geometry need at least three references
 
@@ -111,7 +110,7 @@ class LatentPriorRunner(Runner):
 
 SPEC = MethodSpec(
     "latent-prior", "LatentPrior", LatentPriorRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
-    algorithm_class="domainbed_diffusion.algorithms:LatentPrior", synthetic_mode="union", per_split=True,
+    synthetic_mode="union", per_split=True,
     options=(
         Option("mix_fraction", 0.8, float, "latent-prior: inversion depth (fraction of steps)"),
         Option("bandwidth", "auto", bandwidth, "latent-prior: DDIM eta when denoising, or 'auto' (one per domain)"),
@@ -121,4 +120,6 @@ SPEC = MethodSpec(
                "distance (relative), the pairwise angle and the angle to origin (degrees)", nargs=3),
         Option("samples_per_image", 1.0, float, "latent-prior: images per reference image"),
         Option("max_tries", 20, int, "latent-prior: candidates drawn per wanted image, at most")),
-    fixed=dict(strength=1.0))
+    fixed=dict(strength=1.0),
+    # Debug tensors are noise: the geometric check is opened and the bandwidth fixed so the path runs
+    debug=dict(tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8))

@@ -2,18 +2,11 @@
 with fresh noise, regeneration; no transport), so each image is remade by the diffusion model without being moved
 toward any style. ``Regenerated`` (CDGA's union) and ``Regenerated_Balanced`` (ED-SAM's equal terms) train on
 these images: what "any generated image" adds, to read the method rows against."""
-from .. import hparams_registry
 from .base import EMBEDDED_INVERSION, INVERSION_SAMPLING, MethodSpec, Option
 from .edsam import EDSAMRunner
 
-
-class RegenerateRunner(EDSAMRunner):
-    name = "regenerate"
-
-
 SPEC = MethodSpec(
-    "regenerate", "Regenerated", RegenerateRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
+    "regenerate", "Regenerated", EDSAMRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
     algorithm_class="domainbed_diffusion.algorithms:Regenerated", synthetic_mode="union",
-    hparams=hparams_registry.regenerated,
-    options=(Option("num_samples", 2, int, "regenerate: samples per image"),),
+    options=(Option("num_samples", 2, int, "regenerate: samples per image", hparam="regenerations_per_image"),),
     fixed=dict(strength=1.0, rho=0.0), control=True)

@@ -37,7 +37,7 @@ DOMAIN_DESCRIPTIONS = {
 
 
 def _digitstyles_descriptions():
-    from ..digitstyles import DOMAINS, STYLE_DESCRIPTIONS
+    from ..benchmark.digitstyles import DOMAINS, STYLE_DESCRIPTIONS
     return {d: STYLE_DESCRIPTIONS[d] for d in DOMAINS}
 
 

@@ -211,7 +211,7 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
     """
     how = ("Build the dataset first through DomainBed (`domainbed.datasets.get_dataset_class(name)(data_dir, "
            "test_envs, hparams)`, which the train script does), or call "
-           "`domainbed_diffusion.context.set_run_context(...)`.")
+           "`domainbed_diffusion.training.context.set_run_context(...)`.")
 
     built_for = (f"{algorithm_name} was built for input shape {tuple(input_shape or ())} and {num_domains} "
                  f"training domains")
@@ -247,7 +247,7 @@ def require(algorithm_name, input_shape=None, num_domains=None, hparams=None):
         raise MissingRunContextError(
             f"{algorithm_name}: more than one dataset built in this process could be the one it is for ({names}), "
             f"and they differ, so the synthetic images it may use are ambiguous. Build it inside `with "
-            f"domainbed_diffusion.context.use(dataset): ...`, or pass it the hparams dict its dataset was built "
+            f"domainbed_diffusion.training.context.use(dataset): ...`, or pass it the hparams dict its dataset was built "
             f"with, or drop the other datasets.")
     dataset, ctx = candidates[-1]
     if not fits(ctx, dataset):

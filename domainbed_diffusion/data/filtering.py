@@ -10,7 +10,7 @@ images its own (test env, trial) group lists.
 import json
 import os
 
-from .synthetic import SyntheticDataError, safe_name
+from .layout import SyntheticDataError, safe_name
 
 
 def filter_path(dataset_root, method, name):

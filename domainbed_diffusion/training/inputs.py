@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from . import catalogue, splits, synthetic
-from .files import load_rgb
-from .hparams_registry import CPU_DATASETS
-from .generators import UNSAFE
-from .shipped import EMBEDDED, PAPERS_MODEL
-from .synthetic_index import missing_images
+from .. import catalogue
+from ..data import splits, layout as synthetic
+from ..data.files import load_rgb
+from ..benchmark import CPU_DATASETS
+from ..data.provenance import UNSAFE
+from ..benchmark.shipped import EMBEDDED, PAPERS_MODEL
+from ..data.index import missing_images
 
 
 # -- pixels <-> network inputs ------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
     except synthetic.SyntheticDataError as error:
         raise synthetic.SyntheticDataError(f"{error}\nTo regenerate: {command}") from None
     if hparams.get("synthetic_filter"):
-        from . import filtering
+        from ..data import filtering
         name = hparams["synthetic_filter"]
         digests = {ctx.env_names[i]: d for i, d in validation_digests(ctx).items()}
         selected = filtering.apply(selected, domains.dataset_root, method, name,
@@ -227,10 +228,8 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
 def in_memory_synthetic(ctx, method, hparams, base_seed):
     """{training env: (images (N, C, H, W) as network inputs, labels)} made with the embedded model, for envs
     that are tensors (DomainBed's Debug datasets), by the method's own plan over the training envs only."""
-    import json
-
-    from .diffusion import LatentDiffusion
-    from .generation.in_memory import TensorSources, generate_in_memory
+    from ..diffusion import LatentDiffusion
+    from ..generation.in_memory import TensorSources, generate_in_memory
     if ctx.input_shape[0] != 3:
         raise ValueError(f"{method} makes RGB images; {ctx.dataset_name} has {ctx.input_shape[0]} channels")
     model = LatentDiffusion.from_pretrained(EMBEDDED, device="cpu", dtype="float32")
@@ -240,13 +239,9 @@ def in_memory_synthetic(ctx, method, hparams, base_seed):
     sources = TensorSources(ctx.dataset_name, [mapping.to_pixels(torch.stack([x for x, _ in split]).float())
                                                for split in parts],
                             [torch.tensor([int(y) for _, y in split]) for split in parts], envs, ctx.class_names)
-    # Debug tensors are noise: latent-prior's geometric check is opened and its bandwidth fixed so the path runs
     spec = catalogue.spec(method)
     cfg = spec.config(embedded=True, seed=base_seed, dataset=ctx.dataset_name, batch_size=64,
-                      num_samples=int(hparams.get("regenerations_per_image", hparams.get("edsam_m", 10))),
-                      rho=hparams.get("edsam_rho", 0.5),
-                      domain_descriptions=json.dumps({e: f"domain {e}" for e in envs}),
-                      tolerance=(1.0, 90.0, 90.0), bandwidth=0.0, max_tries=8)
+                      **spec.from_hparams(hparams), **spec.debug_settings(envs))
     made = generate_in_memory(model, spec, cfg, sources, envs)
     data = {}
     for i, env in zip(ctx.train_envs, envs):

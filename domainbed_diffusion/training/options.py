@@ -20,8 +20,8 @@ import sys
 
 import torch
 
-from . import context, swad, training_data
-from .hparams_registry import SWAD_SUFFIX
+from . import context, swad, inputs
+from ..hparams_registry import SWAD_SUFFIX
 MODES = ("minibatch", "environments")
 _classes = {}
 
@@ -80,15 +80,15 @@ class _Extras:
             raise ValueError(f"hparam synthetic_as={self.mode!r}: use one of {MODES}")
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before the algorithm
         self.generator = torch.Generator().manual_seed(base_seed)
-        made = {m: training_data.synthetic_datasets(ctx, m, hparams, f"{name} (synthetic_methods)", base_seed)
+        made = {m: inputs.synthetic_datasets(ctx, m, hparams, f"{name} (synthetic_methods)", base_seed)
                 for m in methods_of(hparams)}
         batch, workers = hparams["batch_size"], getattr(ctx.dataset, "N_WORKERS", 0)
         if self.mode == "minibatch":  # per training env: the union of every named method's images of it
             per_env = [torch.utils.data.ConcatDataset([made[m][i] for m in made]) for i in ctx.train_envs]
             self.shares = [len(d) / (len(d) + len(ctx.training_split(i))) for d, i in zip(per_env, ctx.train_envs)]
-            self.stream = training_data.SyntheticStream(per_env, batch, workers)
+            self.stream = inputs.SyntheticStream(per_env, batch, workers)
         else:  # per method: one environment of its images, every training env's sources together
-            self.stream = training_data.SyntheticStream(
+            self.stream = inputs.SyntheticStream(
                 [torch.utils.data.ConcatDataset([made[m][i] for i in ctx.train_envs]) for m in made], batch, workers)
 
     def minibatches(self, minibatches):
@@ -98,7 +98,7 @@ class _Extras:
             return list(minibatches) + [(x.to(device), y.to(device)) for x, y in synthetic]
         out = []
         for (x, y), (sx, sy), share in zip(minibatches, synthetic, self.shares):
-            k = training_data.union_slots(len(x), share, self.generator)
+            k = inputs.union_slots(len(x), share, self.generator)
             out.append((torch.cat([x[:len(x) - k], sx[:k].to(device)]), torch.cat([y[:len(y) - k], sy[:k].to(device)])))
         return out
 

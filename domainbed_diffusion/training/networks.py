@@ -8,7 +8,7 @@ import functools
 
 import torch
 
-from . import pretrained
+from ..benchmark import pretrained
 
 
 def wrap_featurizer(stock_featurizer):

@@ -8,7 +8,7 @@ included, is a style the featurizer never saw. The weights ship in the package; 
 ``pretrained_featurizer`` (DigitStyles: ``"embedded"``) loads them into DomainBed's ``Featurizer`` for every
 algorithm, and ``""`` trains from scratch.
 
-    python -m domainbed_diffusion.pretrained    # rebuild the shipped weights (time: docs/performance.md)
+    python -m domainbed_diffusion.benchmark.pretrained    # rebuild the shipped weights (time: docs/performance.md)
 """
 import argparse
 import functools
@@ -34,7 +34,7 @@ def load_into(network, value):
     path = weights_path(value)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained featurizer {path} (hparam pretrained_featurizer={value!r}) does not "
-                                f"exist: rebuild it with `python -m domainbed_diffusion.pretrained`, "
+                                f"exist: rebuild it with `python -m domainbed_diffusion.benchmark.pretrained`, "
                                 f"or set the hparam to \"\" to train from scratch")
     try:
         network.load_state_dict(_featurizer_weights(path))

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from .seeding import seed_hash
-from .methods import candidates
+from ..data.seeding import seed_hash
+from . import candidates
 
 
 class SpillStore:
@@ -167,7 +167,7 @@ def refresh(pool, indices, images, model, network, featurizer, classifier, promp
     n = int(hparams["n_candidates"])
     z0 = model.encode_images(current)
     seeds = [seed_hash(base_seed, i, pool.version(i), k) for i in indices for k in range(n)]
-    from .diffusion import generators_from_seeds
+    from ..diffusion import generators_from_seeds
     cand = model.img2img(z0.repeat_interleave(n, 0), [prompts[int(y)] for y in labels for _ in range(n)],
                          hparams["img2img_strength"], hparams["img2img_steps"], hparams["guidance_scale"],
                          generators_from_seeds(seeds))

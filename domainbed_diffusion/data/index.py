@@ -241,7 +241,7 @@ def _trained_on(record, model):
     if "model_trained_on" in record:
         return record["model_trained_on"]
     if model.startswith("embedded@"):  # records from before cards: the shipped model then was the all-styles one
-        from .digitstyles import POOL_STYLES
+        from ..benchmark import POOL_STYLES
         return list(POOL_STYLES)
     return None
 

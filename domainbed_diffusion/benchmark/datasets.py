@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from domainbed.datasets import MultipleDomainDataset
 
-from . import digitstyles, splits
+from . import digitstyles
+from ..data import splits
 
 DATASETS = ["DigitStyles"]
 
@@ -48,7 +49,7 @@ class ImageFolderEnv(torch.utils.data.Dataset):
 
 
 class DigitStyles(MultipleDomainDataset):
-    """Four style domains of scikit-learn's digits (see ``domainbed_diffusion.digitstyles``)."""
+    """Four style domains of scikit-learn's digits (see ``domainbed_diffusion.benchmark.digitstyles``)."""
     ENVIRONMENTS = list(digitstyles.DOMAINS)
     INPUT_SHAPE = digitstyles.INPUT_SHAPE
     N_STEPS = 151          # ERM above 90% on its training envs' validation splits (docs/results.md)
@@ -62,12 +63,12 @@ class DigitStyles(MultipleDomainDataset):
         self.dir = os.path.join(root, digitstyles.DATASET)
         if not os.path.isdir(self.dir):
             raise FileNotFoundError(
-                f"{self.dir} does not exist. Write it with: python -m domainbed_diffusion.digitstyles "
+                f"{self.dir} does not exist. Write it with: python -m domainbed_diffusion.benchmark.digitstyles "
                 f"--data_dir {root}")
         found = sorted(e.name for e in os.scandir(self.dir) if e.is_dir())
         if found != self.ENVIRONMENTS:
             raise FileNotFoundError(f"{self.dir} holds env folders {found}, expected {self.ENVIRONMENTS}; "
-                                    f"re-run: python -m domainbed_diffusion.digitstyles --data_dir {root}")
+                                    f"re-run: python -m domainbed_diffusion.benchmark.digitstyles --data_dir {root}")
         self.datasets = [ImageFolderEnv(os.path.join(self.dir, env), digitstyles.network_transform())
                          for env in self.ENVIRONMENTS]
         self.input_shape = self.INPUT_SHAPE

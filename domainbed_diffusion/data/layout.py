@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .synthetic_index import SyntheticDataError, iter_records, manifest_paths, missing_images, open_index
+from .index import SyntheticDataError, iter_records, manifest_paths, missing_images, open_index
 
 DEFAULT_SUBDIR = "synthetic"
 __all__ = ["SyntheticDataError", "SyntheticDomains", "Selection", "ManifestWriter", "read_manifests", "env_folder",
@@ -199,7 +199,7 @@ class SyntheticDomains:
 
     def _generator_rows(self, index, test_names, keep, unsafe, method):
         """A mask of the rows whose model this run may use (see ``select``)."""
-        from .generators import GeneratorLeakError, UNSAFE, seen_test_envs
+        from .provenance import UNSAFE, GeneratorLeakError, seen_test_envs
         saw = np.asarray([bool(seen_test_envs(t, test_names)) for t in index.model_trained_on] or [False])
         row_saw = saw[index.model] if len(index.model) else np.zeros(0, dtype=bool)
         if unsafe or not (keep & row_saw).any() or (keep & ~row_saw).any():
