@@ -69,7 +69,7 @@ def dataset_root(data_dir, dataset, dataset_dir=None):
                          f"{root}. For a dataset of your own, lay it out as {root}/<env>/<class>/<image> or pass "
                          f"--dataset_dir <folder>.")
     if not os.path.isdir(root):
-        hint = (f"python -m domainbed_diffusion.benchmark.digitstyles --data_dir {data_dir}" if dataset == "DigitStyles"
+        hint = (f"python -m offline_generation prepare --data_dir {data_dir}" if dataset == "DigitStyles"
                 else "DomainBed's `python -m domainbed.scripts.download --data_dir ...`, or pass --dataset_dir")
         raise FileNotFoundError(f"dataset folder {root} does not exist; create it with {hint}")
     return root

@@ -63,12 +63,12 @@ class DigitStyles(MultipleDomainDataset):
         self.dir = os.path.join(root, digitstyles.DATASET)
         if not os.path.isdir(self.dir):
             raise FileNotFoundError(
-                f"{self.dir} does not exist. Write it with: python -m domainbed_diffusion.benchmark.digitstyles "
+                f"{self.dir} does not exist. Write it with: python -m offline_generation prepare "
                 f"--data_dir {root}")
         found = sorted(e.name for e in os.scandir(self.dir) if e.is_dir())
         if found != self.ENVIRONMENTS:
             raise FileNotFoundError(f"{self.dir} holds env folders {found}, expected {self.ENVIRONMENTS}; "
-                                    f"re-run: python -m domainbed_diffusion.benchmark.digitstyles --data_dir {root}")
+                                    f"re-run: python -m offline_generation prepare --data_dir {root}")
         self.datasets = [ImageFolderEnv(os.path.join(self.dir, env), digitstyles.network_transform())
                          for env in self.ENVIRONMENTS]
         self.input_shape = self.INPUT_SHAPE

@@ -5,7 +5,7 @@ art, cartoon and sketch. The domains hold disjoint digit images. A separate pool
 benchmark image and drawn in many styles (the benchmark's four and four more), trains the embedded diffusion
 model, as Stable Diffusion was trained on data outside PACS. Everything is deterministic.
 
-    python -m domainbed_diffusion.benchmark.digitstyles --data_dir ./data
+    python -m offline_generation prepare --data_dir ./data
 """
 import argparse
 import hashlib
@@ -60,7 +60,7 @@ def load_pool(data_dir):
     from torchvision.transforms.functional import to_tensor
     root = os.path.join(data_dir, POOL)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root} does not exist: write it with python -m domainbed_diffusion.benchmark.digitstyles "
+        raise FileNotFoundError(f"{root} does not exist: write it with python -m offline_generation prepare "
                                 f"--data_dir {data_dir}")
     images, labels = [], []
     for style in sorted(e.name for e in os.scandir(root) if e.is_dir()):
