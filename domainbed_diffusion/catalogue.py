@@ -9,7 +9,7 @@ with ``add`` in-process, or, so that every process of a sweep sees it, through t
 """
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from . import hparams_registry
 from .generation.base import MethodSpec
@@ -28,10 +28,12 @@ class Entry:
     generates_online: bool = False  # runs a diffusion model inside its steps: the cpu_parallel launcher starts it first
     reads: Optional[str] = None  # the generation method whose images it trains on (its own spec's, or another's)
     synthetic_mode: Optional[str] = None  # how it mixes them, where not as that method's spec says
+    read_against: Tuple[str, ...] = ()  # the rows its row is read against in the ablation table, paired by trial
 
     @classmethod
     def of(cls, spec):
-        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control, reads=spec.name)
+        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control, reads=spec.name,
+                   read_against=spec.read_against)
 
     def reads_spec(self):
         """The ``MethodSpec`` of the method it trains on, or None."""
@@ -89,13 +91,14 @@ BUILTIN = (
     "domainbed_diffusion.generation.edsam",
     "domainbed_diffusion.generation.latent_prior",
     Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion,
-          generates_online=True),
+          generates_online=True, read_against=("ERM_FusionMatched",)),
 )
 # Controls, in the ablation table's order: what a method's row is read against (``docs/results.md``).
 CONTROLS = (
-    Entry("ERM_Augment", "domainbed_diffusion.algorithms:ERM_Augment", hparams_registry.erm_augment, control=True),
+    Entry("ERM_Augment", "domainbed_diffusion.algorithms:ERM_Augment", hparams_registry.erm_augment, control=True,
+          read_against=("ERM",)),
     Entry("ERM_RealMatched", "domainbed_diffusion.algorithms:ERM_RealMatched", hparams_registry.real_matched,
-          control=True),
+          control=True, read_against=("ERM",)),
     "domainbed_diffusion.generation.regenerate",
     Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced", control=True,
           reads="regenerate", synthetic_mode="balanced"),
@@ -152,6 +155,11 @@ def remove(algorithm):
 def algorithms(controls=False):
     """The plugin's DomainBed algorithm names, in table order; the controls too with ``controls=True``."""
     return tuple(e.algorithm for e in entries() if controls or not e.control)
+
+
+def readings():
+    """``(row, control)`` pairs of the ablation table, in table order: each entry's ``read_against``."""
+    return tuple((e.algorithm, other) for e in entries() for other in e.read_against)
 
 
 def controls():

@@ -113,12 +113,8 @@ def title(profile):
     return ""
 
 
-# What each control reads (the ablation table): (row, control), each difference paired by trial seed.
-READINGS = (
-    ("CDGA_PG", "Regenerated"), ("CDGA_IG", "Regenerated"), ("CDGA_IG", "Composite"),
-    ("EDSAM", "Regenerated_Balanced"), ("LatentPrior", "Regenerated_Balanced"), ("DomainFusion", "ERM_FusionMatched"),
-    ("Regenerated", "ERM_RealMatched"), ("ERM_Augment", "ERM"), ("ERM_RealMatched", "ERM"),
-)
+# What each row is read against (the ablation table): (row, control), each difference paired by trial seed.
+READINGS = catalogue.readings()
 
 
 def contrasts_table(pairs, heading):

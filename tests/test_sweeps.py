@@ -115,6 +115,13 @@ def test_each_row_is_read_against_its_control_paired_and_holm_corrected():
         ("CDGA_PG", [0.60, 0.70, 0.80]))])
     pairs = dict(main.readings(table))
     assert set(pairs) == {"CDGA_PG - Regenerated", "Regenerated - ERM_RealMatched", "ERM_RealMatched - ERM"}
+    # each entry declares what it is read against (its spec, or its Entry): the ablation table's nine readings
+    from domainbed_diffusion import catalogue
+    assert set(catalogue.readings()) == {
+        ("CDGA_PG", "Regenerated"), ("CDGA_IG", "Regenerated"), ("CDGA_IG", "Composite"),
+        ("EDSAM", "Regenerated_Balanced"), ("LatentPrior", "Regenerated_Balanced"),
+        ("DomainFusion", "ERM_FusionMatched"), ("Regenerated", "ERM_RealMatched"), ("ERM_Augment", "ERM"),
+        ("ERM_RealMatched", "ERM")} == set(main.READINGS)
     assert math.isclose(pairs["CDGA_PG - Regenerated"]["mean"], 0.05)
     text = main.contrasts_table(list(pairs.items()), "title")
     # CDGA_PG - Regenerated: +5, +6, +4 points, the smallest of the three p-values: Holm multiplies it by 3

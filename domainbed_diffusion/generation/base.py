@@ -218,6 +218,7 @@ class MethodSpec:
     options: Tuple[Option, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)  # settings the method does not take from the command line
     control: bool = False  # a control of the ablation table, not a method: ``--methods all`` leaves it out
+    read_against: Tuple[str, ...] = ()  # the controls its algorithm's row is read against (the ablation table)
     # settings over the defaults on DomainBed's Debug datasets (noise tensors, no files); a callable value is
     # given the training envs' names
     debug: Dict[str, Any] = field(default_factory=dict)

@@ -61,6 +61,7 @@ class CDGAImageGuided(CDGAPromptGuided):
 
 SPEC = MethodSpec(
     "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
+    read_against=("Regenerated", "Composite"),
     algorithm_class="domainbed_diffusion.algorithms:CDGA_IG", synthetic_mode="union", hparams=hparams_registry.cdga,
     options=(IMAGES_PER_PAIR,
              Option("guide_mix", 1.0, float, "CDGA-IG: how much of the transplant onto the guide (0: the source)")),

@@ -53,6 +53,7 @@ class CDGAPromptGuided(Runner):
 
 SPEC = MethodSpec(
     "cdga-pg", "CDGA_PG", CDGAPromptGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
+    read_against=("Regenerated",),
     algorithm_class="domainbed_diffusion.algorithms:CDGA_PG", synthetic_mode="union", hparams=hparams_registry.cdga,
     options=(IMAGES_PER_PAIR,
              Option("domain_descriptions", None, str, "CDGA-PG: env -> text, a JSON object or file"),

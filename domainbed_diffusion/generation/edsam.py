@@ -41,6 +41,7 @@ class EDSAMRunner(Runner):
 
 SPEC = MethodSpec(
     "edsam", "EDSAM", EDSAMRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
+    read_against=("Regenerated_Balanced",),
     algorithm_class="domainbed_diffusion.algorithms:EDSAM", synthetic_mode="balanced",
     options=(Option("num_samples", 10, int, "ED-SAM: M samples per image", hparam="edsam_m",
                     search=lambda r: int(r.choice([3, 5, 10]))),

@@ -110,6 +110,7 @@ class LatentPriorRunner(Runner):
 
 SPEC = MethodSpec(
     "latent-prior", "LatentPrior", LatentPriorRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
+    read_against=("Regenerated_Balanced",),
     synthetic_mode="union", per_split=True,
     options=(
         Option("mix_fraction", 0.8, float, "latent-prior: inversion depth (fraction of steps)"),
