@@ -40,6 +40,23 @@ if HAVE_DOMAINBED:
                  if _catalogue.reads(algorithms.get_algorithm_class(name))}
 
 
+def stock_script(module, argv, monkeypatch):
+    """One of DomainBed's scripts in this process (it replaces sys.stdout and sys.stderr with its Tee files: they
+    are put back after the test)."""
+    import runpy
+    monkeypatch.setattr(sys, "argv", [module.rsplit(".", 1)[-1] + ".py", *argv])
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    runpy.run_module(module, run_name="__main__")
+
+
+def collect_results(sweep_dir, monkeypatch):
+    """Stock collect_results' tables of a sweep folder (what it prints, from the file it writes beside)."""
+    stock_script("domainbed.scripts.collect_results", ["--input_dir", sweep_dir], monkeypatch)
+    with open(os.path.join(sweep_dir, "results.txt")) as f:
+        return f.read()
+
+
 def run(args, **env):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(**env), capture_output=True,
                           text=True, timeout=900)
@@ -408,7 +425,7 @@ def test_stock_train_script_runs_every_algorithm(synthetic_digitstyles, tmp_path
 
 
 @needs_install
-def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path):
+def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path, monkeypatch):
     sweep_dir = str(tmp_path / "sweep")
     result = run(["-m", "domainbed.scripts.sweep", "launch", "--datasets", "DigitStyles", "--algorithms", "MIRO",
                   "--data_dir", digitstyles_dir, "--output_dir", sweep_dir, "--command_launcher", "local",
@@ -416,10 +433,9 @@ def test_stock_sweep_and_collect_results(digitstyles_dir, tmp_path):
                   "--skip_confirmation"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(glob.glob(os.path.join(sweep_dir, "*", "done"))) == 4  # the plugin's MIRO x 4 test envs
-    result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Dataset: DigitStyles" in result.stdout and "MIRO" in result.stdout
-    assert "blueprint" in result.stdout and "sketch" in result.stdout
+    tables = collect_results(sweep_dir, monkeypatch)
+    assert "Dataset: DigitStyles" in tables and "MIRO" in tables
+    assert "blueprint" in tables and "sketch" in tables
 
 
 def test_an_algorithm_never_filters_against_another_datasets_test_env(synthetic_digitstyles):
@@ -610,16 +626,14 @@ def test_channels_last_featurizer_computes_what_the_default_layout_computes():
     assert "channels_last" not in hparams_registry.default_hparams("ERM", "PACS")
 
 
-@needs_install
-def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path):
+def test_stock_train_script_loads_the_pretrained_featurizer(digitstyles_dir, tmp_path, monkeypatch):
     from domainbed_diffusion.benchmark import pretrained
     shipped = torch.load(pretrained.EMBEDDED_FEATURIZER_PATH, weights_only=True)["featurizer"]
     for name, hparams in (("MIRO", {}), ("ERM", {"pretrained_featurizer": ""})):
         out = str(tmp_path / name)
-        result = run(["-m", "domainbed.scripts.train", "--dataset", "DigitStyles", "--algorithm", name,
-                      "--data_dir", digitstyles_dir, "--output_dir", out, "--test_envs", "0", "--steps", "1",
-                      "--hparams", json.dumps(hparams)])
-        assert result.returncode == 0, result.stderr[-3000:]
+        stock_script("domainbed.scripts.train", ["--dataset", "DigitStyles", "--algorithm", name, "--data_dir",
+                                                 digitstyles_dir, "--output_dir", out, "--test_envs", "0", "--steps",
+                                                 "1", "--hparams", json.dumps(hparams)], monkeypatch)
         state = torch.load(os.path.join(out, "model.pkl"), weights_only=False)["model_dict"]
         # one Adam step at lr 1e-3 from the shipped weights, or from a random initialisation
         drift = max((state[f"featurizer.{k}"] - v).abs().max().item() for k, v in shipped.items())
@@ -728,7 +742,7 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
 
 
 @needs_install
-def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_results(tmp_path):
+def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_results(tmp_path, monkeypatch):
     """``--n_hparams 2`` on Debug28 (cpu_parallel launcher; DomainBed's local one runs in
     ``test_stock_sweep_and_collect_results``): two hparams sets per (algorithm, test env), which DomainBed's
     training-domain validation and the results command choose between alike."""
@@ -747,8 +761,7 @@ def test_a_random_search_of_two_hparams_sets_is_selected_by_stock_collect_result
                 for r in records if r["args"]["algorithm"] == algorithm}
         assert sorted({seed for _, seed in runs}) == [0, 1] and len(runs) == 6  # 3 test envs x 2 sets
         assert all(runs[e, 0]["lr"] != runs[e, 1]["lr"] for e, _ in runs)
-    result = run(["-m", "domainbed.scripts.collect_results", "--input_dir", sweep_dir])
-    assert result.returncode == 0 and "MIRO" in result.stdout, result.stderr[-3000:]
+    assert "MIRO" in collect_results(sweep_dir, monkeypatch)
     from domainbed_diffusion import results
     tidy = results.load(sweep_dir, selections=("training",))
     chosen = {(c["row"], c["test_env"]): c for c in tidy["choices"]}

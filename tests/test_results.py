@@ -55,10 +55,23 @@ def constructed_sweep(root):
     return sweep
 
 
-def run_cli(*args):
-    out = subprocess.run([sys.executable, "-m", "domainbed_diffusion.results", *args], env=subprocess_env(),
-                         capture_output=True, text=True)
-    return out.returncode, out.stdout, out.stderr
+def run_cli(*args, as_module=False):
+    """The results command: its ``main`` in this process, or ``python -m domainbed_diffusion.results`` in a fresh
+    one (``as_module``, where the entry point itself is under test)."""
+    if as_module:
+        out = subprocess.run([sys.executable, "-m", "domainbed_diffusion.results", *args], env=subprocess_env(),
+                             capture_output=True, text=True)
+        return out.returncode, out.stdout, out.stderr
+    import contextlib
+    import io
+    from domainbed_diffusion.results.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's errors
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def stock_means(text):
@@ -82,7 +95,7 @@ def test_accuracies_equal_stock_collect_results_on_domainbeds_test_sweep(tmp_pat
     sweep = shutil.copytree(data, tmp_path / "sweep")  # collect_results writes its results.txt there
     stock = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", str(sweep)],
                            env=subprocess_env(), capture_output=True, text=True, check=True).stdout
-    code, ours, err = run_cli("--input_dir", str(sweep))
+    code, ours, err = run_cli("--input_dir", str(sweep), as_module=True)
     assert code == 0, err
     expected, got = stock_means(stock), stock_means(ours)
     assert set(expected) == set(got) and len(expected) == 3  # ERM under each of the three selection methods
