@@ -1,6 +1,7 @@
 """The sweep scripts' own logic: the papers' commands, the main job's tables (through the results command's
 library) and its readings."""
 import importlib.util
+import json
 import math
 import os
 
@@ -269,3 +270,22 @@ def test_the_committed_exploratory_runs_recompute_the_table_in_results_md(capsys
         assert avg in line and vs_erm in line and f"| {row} | {avg} | {vs_erm} |" in page
     assert "CORAL + CDGA-IG env - CORAL              +10.1 [+9.2, +11.1]      p (Holm) 0.005 *" in printed
     assert "+10.1 [+9.2, +11.1] vs CORAL" in page
+
+
+def test_the_committed_study_runs_recompute_its_tables_and_the_readme_headline(tmp_path, capsys):
+    study = load("study")
+    runs = os.path.join(REPO, "sweeps", "results", "digitstyles_study_runs.json")
+    with open(runs) as f:
+        choices = json.load(f)["choices"]
+    training = [c for c in choices if c["selection"] == "training"]
+    # the protocol's 11 rows x 4 test envs x trials 100-111, each run once
+    assert sorted({c["trial_seed"] for c in training}) == list(range(100, 112))
+    assert len({(c["row"], c["test_env"], c["trial_seed"]) for c in training}) == len(training) == 528
+    assert study.main(["--tables_from", runs, "--output_dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    with open(os.path.join(REPO, "sweeps", "results", "digitstyles_study.txt")) as f:
+        assert printed == f.read()
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    headline = readme.split("## Results on DigitStyles", 1)[1].split("```", 2)[1].strip().splitlines()
+    assert len(headline) >= 12 and all(line in printed.splitlines() for line in headline)
