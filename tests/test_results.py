@@ -231,3 +231,17 @@ def test_the_tidy_file_reads_back_to_the_same_tables_and_the_plots_are_pngs(tmp_
     bad.write_text("{}")
     code, _, err = run_cli("--input_dir", str(bad))
     assert code == 2 and "not a runs.json of this command" in err
+
+
+def test_the_forest_plot_names_the_margin_without_a_legend_over_its_last_line(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from domainbed_diffusion.results import plots
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    comparisons = [{"row": row, "other": "ERM", "n": 12, "low": 0.01, "high": 0.05, "mean": 0.03, "p_holm": 0.04,
+                    "verdict": "differs"} for row in ("A", "B")]
+    table = {"comparisons": comparisons, "dataset": "D", "title": "training", "rows": [{"trials": 12}]}
+    plots.forest([table], str(tmp_path / "forest.png"), margin=0.03)
+    (ax,) = saved[0].axes
+    assert ax.get_legend() is None and "equivalence margin +/-3" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["B - ERM", "A - ERM"]
