@@ -289,3 +289,12 @@ def test_the_committed_study_runs_recompute_its_tables_and_the_readme_headline(t
         readme = f.read()
     headline = readme.split("## Results on DigitStyles", 1)[1].split("```", 2)[1].strip().splitlines()
     assert len(headline) >= 12 and all(line in printed.splitlines() for line in headline)
+
+
+def test_the_studys_registered_readings_are_the_catalogues():
+    """The study keeps its secondary family as registered constants (a later catalogue edit must not move a
+    finished protocol); each of them is still a reading the catalogue declares."""
+    from domainbed_diffusion import catalogue
+    study = load("study")
+    assert set(study.SECONDARY) <= set(catalogue.readings())
+    assert set(study.ROWS) <= {"ERM", *catalogue.algorithms(controls=True)}
