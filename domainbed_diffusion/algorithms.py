@@ -8,7 +8,6 @@ import copy
 import math
 import sys
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from . import catalogue, registration
 from .data import provenance
 from .diffusion import choice
 from .methods import cdga, domainfusion, gsd
-from .training import context, inputs
+from .training import context, inputs, mixing
 from .methods.miro import FeatureHooks, VarianceEncoder, feature_modules, miro_penalty
 
 
@@ -69,104 +68,61 @@ class MIRO(ERM):
 
 
 class SyntheticERM(ERM):
-    """ERM on real images plus the synthetic images of one generator method, read leak-free from disk.
+    """ERM on real images plus the synthetic images of one generation method, read leak-free from disk.
 
-    ``synthetic_mode`` says how each training env's minibatch of ``batch_size`` images is drawn:
-    ``"union"``, uniformly from the union of the env's real and synthetic images (each slot is synthetic with
-    the synthetic share of the union: CDGA's ERM on real + synthetic data); ``"balanced"``, half real and half
-    synthetic (the two equally weighted terms of ED-SAM's Eq. 11). Both see ERM's images per step.
-    ``"paired"`` adds a whole synthetic minibatch beside each real one: twice ERM's images per step.
-    Synthetic samples' losses are weighted by ``synthetic_weight``; featurizer, classifier, optimizer are ERM's.
-    Which generation method's images it reads is its catalogue entry's (``catalogue.reads``); a method whose
-    algorithm adds nothing has no class written here: the catalogue derives ``SyntheticERM`` under its name.
+    ``synthetic_mode`` says how each training env's minibatch gets them (``training.mixing``: ``union``,
+    ``balanced``, ``paired``); synthetic samples' losses are weighted by ``synthetic_weight``; featurizer,
+    classifier, optimizer are ERM's. Which method's images it reads is its catalogue entry's, and which of them
+    (ED-SAM's first M samples at its rho, CDGA's first images per pair) its method's options' twins select
+    (``MethodSpec.record_filter``): a method whose algorithm adds nothing to that has no class written here,
+    ``registration`` derives this class under its name.
     """
-    MODES = ("union", "balanced", "paired")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        if hparams["synthetic_mode"] not in self.MODES:
-            raise ValueError(f"hparam synthetic_mode={hparams['synthetic_mode']!r}: use one of {self.MODES}")
+        if hparams["synthetic_mode"] not in mixing.MINIBATCH_MODES:
+            raise ValueError(f"hparam synthetic_mode={hparams['synthetic_mode']!r}: use one of "
+                             f"{mixing.MINIBATCH_MODES}")
         name = type(self).__name__
         ctx = context.require(name, input_shape, num_domains, hparams)
         self.run_context = ctx  # which dataset, data_dir and test envs its synthetic images were filtered for
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before this
-        self.method = catalogue.reads(type(self))
+        self.method = registration.method_of(type(self))
         if self.method is None:
             raise ValueError(f"{name}: no generation method to read: add it to the catalogue with a MethodSpec "
                              f"(or an Entry with reads=...)")
-        made = inputs.synthetic_datasets(ctx, self.method, hparams, name, base_seed,
-                                                self.select_records(hparams), self.allow_test_guides(hparams))
-        datasets = [made[i] for i in ctx.train_envs]
-        self.synthetic = inputs.SyntheticStream(datasets, hparams["batch_size"],
-                                                       getattr(ctx.dataset, "N_WORKERS", 0))
-        # the synthetic share of each env's real + synthetic union
-        self.synthetic_share = [len(d) / (len(d) + len(ctx.training_split(i)))
-                                for d, i in zip(datasets, ctx.train_envs)]
-        self._generator = torch.Generator().manual_seed(base_seed)
+        spec = catalogue.spec(self.method)
+        made = inputs.synthetic_datasets(ctx, self.method, hparams, name, base_seed, spec.record_filter(hparams),
+                                         self.allow_test_guides(spec, hparams))
+        self.mixer = mixing.Mixer([made[i] for i in ctx.train_envs], [len(ctx.training_split(i)) for i in
+                                  ctx.train_envs], hparams["batch_size"], getattr(ctx.dataset, "N_WORKERS", 0),
+                                  hparams["synthetic_mode"], torch.Generator().manual_seed(base_seed))
 
-    def select_records(self, hparams):
-        """A filter on the index's columns (method parameters): ``index -> boolean mask``, or None."""
-        return None
-
-    def allow_test_guides(self, hparams):
-        return False
-
-    def synthetic_slots(self, batch_size, share):
-        """How many of an env's ``batch_size`` slots are synthetic this step (``union``/``balanced``)."""
-        if self.hparams["synthetic_mode"] == "balanced":
-            return batch_size // 2
-        return inputs.union_slots(batch_size, share, self._generator)
+    def allow_test_guides(self, spec, hparams):
+        """Whether its method's opt-in to images guided toward the test env is on (loudly: not DG)."""
+        if not spec.test_guides_hparam or not hparams[spec.test_guides_hparam]:
+            return False
+        print(f"WARNING: {type(self).__name__} with {spec.test_guides_hparam}=True trains on images made toward the "
+              f"TEST domain: this uses test-domain information (CDGA's starred variant) and is not domain "
+              f"generalization.", file=sys.stderr)
+        return True
 
     def update(self, minibatches, unlabeled=None):
-        device = minibatches[0][0].device
-        synthetic = self.synthetic.next()
-        w, paired = self.hparams["synthetic_weight"], self.hparams["synthetic_mode"] == "paired"
-        xs, ys, weights = [], [], []
-        for (x, y), (sx, sy), share in zip(minibatches, synthetic, self.synthetic_share):
-            k = len(x) if paired else self.synthetic_slots(len(x), share)
-            n_real = len(x) if paired else len(x) - k
-            xs += [x[:n_real], sx[:k].to(device)]
-            ys += [y[:n_real], sy[:k].to(device)]
-            weights += [torch.ones(n_real, device=device), torch.full((k,), float(w), device=device)]
-        per_sample = F.cross_entropy(self.predict(torch.cat(xs)), torch.cat(ys), reduction="none")
-        weights = torch.cat(weights)
+        mixed = self.mixer.mix(minibatches)
+        w, device = self.hparams["synthetic_weight"], minibatches[0][0].device
+        weights = torch.cat([torch.cat([torch.ones(len(x) - k, device=device), torch.full((k,), float(w),
+                                                                                          device=device)])
+                             for x, _, k in mixed])
+        per_sample = F.cross_entropy(self.predict(torch.cat([x for x, _, _ in mixed])),
+                                     torch.cat([y for _, y, _ in mixed]), reduction="none")
         # paired: mean CE of the real half plus w times that of the synthetic half (halves of equal size)
+        paired = self.hparams["synthetic_mode"] == "paired"
         denominator = sum(len(x) for x, _ in minibatches) if paired else weights.sum()
         loss = (weights * per_sample).sum() / denominator
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item(), "images": len(per_sample)}
-
-
-class CDGA_PG(SyntheticERM):
-    """CDGA, prompt-guided (Hemati et al., 2023): ERM on real images + img2img toward each other training env's
-    text description (``python -m offline_generation --methods cdga-pg``)."""
-
-    def select_records(self, hparams):
-        return lambda index: index.sample < hparams["cdga_images_per_pair"]
-
-    def allow_test_guides(self, hparams):
-        if hparams["cdga_star_uses_test_domain"]:
-            print(f"WARNING: {type(self).__name__} with cdga_star_uses_test_domain=True trains on images made "
-                  f"toward the TEST domain: this uses test-domain information (CDGA's starred variant) and is "
-                  f"not domain generalization.", file=sys.stderr)
-        return bool(hparams["cdga_star_uses_test_domain"])
-
-
-class CDGA_IG(CDGA_PG):
-    """CDGA, image-guided: the same pairs, guided by a same-class image of the other env (``--methods cdga-ig``)."""
-
-
-class EDSAM(SyntheticERM):
-    """ED-SAM (Truong et al., 2024): ERM on real images + M transported regenerations of each (``--methods
-    edsam``); ``edsam_rho`` must match a generated rho, the first ``edsam_m`` samples per image are used."""
-
-    def select_records(self, hparams):
-        rho, m = hparams["edsam_rho"], hparams["edsam_m"]
-        # every record the generator writes has rho; one without (a hand-made manifest) is taken as made at rho
-        return lambda index: (np.isnan(index.param("rho")) | (np.abs(index.param("rho") - rho) < 1e-9)) & \
-            (index.sample < m)
 
 
 def lr_schedule(optimizer, name, total):
@@ -339,25 +295,6 @@ class ERM_FusionMatched(ERM):
         if self.scheduler is not None:
             self.scheduler.step()
         return dict(out, images=sum(len(x) for x, _ in minibatches))
-
-
-class Composite(CDGA_IG):
-    """Control: CDGA-IG's composite without diffusion (``--methods composite``): its pairs and guides, the
-    source's foreground on the guide's background, never redrawn; trained as ``CDGA_IG`` is."""
-
-
-class Regenerated(SyntheticERM):
-    """Control, "any generated image": ERM on real images + regenerations of each that move toward no style
-    (ED-SAM's pipeline at rho = 0, ``--methods regenerate``), mixed as CDGA's union; two per image give CDGA's
-    real share."""
-
-    def select_records(self, hparams):
-        return lambda index: index.sample < hparams["regenerations_per_image"]
-
-
-class Regenerated_Balanced(Regenerated):
-    """The same regenerations mixed as ED-SAM's equal real and synthetic terms: ED-SAM at rho = 0, its control;
-    also latent-prior's by real images per step (its union is about half synthetic)."""
 
 
 # Imported before DomainBed's algorithms module, this module's classes did not exist yet when it registered them.

@@ -1,5 +1,6 @@
 """The catalogue: every algorithm the plugin adds to DomainBed, in the order tables show them, and for each one
-that trains on generated images, its generation method's ``MethodSpec``.
+that trains on generated images, its generation method's ``MethodSpec``. It is data: nothing here imports
+DomainBed or the algorithms; ``registration`` makes the classes.
 
 Everything that lists algorithms or generation methods derives from here: DomainBed's registration and
 hyperparameters, the generator's ``--methods``, the synthetic-data algorithms' mixing and split rules, the sweeps
@@ -9,7 +10,7 @@ with ``add`` in-process, or, so that every process of a sweep sees it, through t
 """
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from . import hparams_registry
 from .generation.base import MethodSpec
@@ -19,9 +20,10 @@ ENTRY_POINT_GROUP = "domainbed_diffusion.catalogue"
 
 @dataclass(frozen=True)
 class Entry:
-    """One DomainBed algorithm of the plugin."""
+    """One DomainBed algorithm of the plugin. Its class is ``algorithm_class`` when given (a class object), else
+    the class of that name in ``domainbed_diffusion.algorithms`` (or in its spec's runner's module), else one
+    ``registration`` derives from ``SyntheticERM`` for an entry that reads a generation method's images."""
     algorithm: str  # DomainBed's name for it
-    algorithm_class: Any  # the class, or "module:Class" (imported only when DomainBed registers it)
     hparams: Optional[Callable] = None  # its hyperparameter block: ``block(hparams, dataset)``
     spec: Optional[MethodSpec] = None  # the generation method it trains on (None: it generates online or not at all)
     control: bool = False  # a control of the ablation table (``sweeps/main_job.py --ablation``), not a method row
@@ -29,11 +31,11 @@ class Entry:
     reads: Optional[str] = None  # the generation method whose images it trains on (its own spec's, or another's)
     synthetic_mode: Optional[str] = None  # how it mixes them, where not as that method's spec says
     read_against: Tuple[str, ...] = ()  # the rows its row is read against in the ablation table, paired by trial
+    algorithm_class: Optional[type] = None  # a class given in-process (none: found by its name, or derived)
 
     @classmethod
     def of(cls, spec):
-        return cls(spec.algorithm, spec.algorithm_class, spec.hparams, spec, spec.control, reads=spec.name,
-                   read_against=spec.read_against)
+        return cls(spec.algorithm, spec.hparams, spec, spec.control, reads=spec.name, read_against=spec.read_against)
 
     def reads_spec(self):
         """The ``MethodSpec`` of the method it trains on, or None."""
@@ -41,70 +43,29 @@ class Entry:
             (spec(self.reads) if self.reads else None)
 
     @property
-    def class_module(self):
-        """The module its class is defined in (None: a class object given as is)."""
-        if self.algorithm_class is None:
-            return DERIVED_MODULE
-        return self.algorithm_class.split(":")[0] if isinstance(self.algorithm_class, str) else None
-
-    def load_class(self):
-        if self.algorithm_class is None:
-            return derived_class(self)
-        if not isinstance(self.algorithm_class, str):
-            return self.algorithm_class
-        module, name = self.algorithm_class.split(":")
-        return getattr(importlib.import_module(module), name)
-
-
-DERIVED_MODULE = "domainbed_diffusion.algorithms"
-
-
-def derived_class(entry):
-    """The algorithm of a spec without a class: ``SyntheticERM`` under the spec's algorithm name, made once and
-    set on ``algorithms`` so that it imports, pickles and prints like a written class."""
-    algorithms = importlib.import_module(DERIVED_MODULE)
-    cls = getattr(algorithms, entry.algorithm, None)
-    if cls is None:
-        doc = (f"ERM on real images plus the images of ``python -m offline_generation --methods {entry.reads}``, "
-               f"mixed as {entry.reads_spec().synthetic_mode!r} (``SyntheticERM``; its spec: ``catalogue``).")
-        cls = type(entry.algorithm, (algorithms.SyntheticERM,), dict(__doc__=doc, __module__=DERIVED_MODULE,
-                                                                      __qualname__=entry.algorithm))
-        setattr(algorithms, entry.algorithm, cls)
-    return cls
-
-
-def reads(algorithm_class):
-    """The generation method an algorithm class trains on: its own catalogue entry's, else the nearest base
-    class's with one (a subclass made by the options wrapper, or a user's subclass), else its ``METHOD``."""
-    for cls in algorithm_class.__mro__:
-        found = entry(cls.__name__)
-        if found is not None and found.reads and found.load_class() is cls:
-            return found.reads
-    return getattr(algorithm_class, "METHOD", None)
+    def mode(self):
+        """How it mixes the images it reads: its own ``synthetic_mode``, else its method's (None: it reads none)."""
+        read = self.reads_spec()
+        return self.synthetic_mode or (read.synthetic_mode if read else None)
 
 
 # The plugin's own algorithms, in table order: an Entry, or the module of a generation method (its ``SPEC``).
 BUILTIN = (
-    Entry("MIRO", "domainbed_diffusion.algorithms:MIRO", hparams_registry.miro),
+    Entry("MIRO", hparams_registry.miro),
     "domainbed_diffusion.generation.cdga_pg",
     "domainbed_diffusion.generation.cdga_ig",
     "domainbed_diffusion.generation.edsam",
     "domainbed_diffusion.generation.latent_prior",
-    Entry("DomainFusion", "domainbed_diffusion.algorithms:DomainFusion", hparams_registry.domainfusion,
-          generates_online=True, read_against=("ERM_FusionMatched",)),
+    Entry("DomainFusion", hparams_registry.domainfusion, generates_online=True, read_against=("ERM_FusionMatched",)),
 )
 # Controls, in the ablation table's order: what a method's row is read against (``docs/results.md``).
 CONTROLS = (
-    Entry("ERM_Augment", "domainbed_diffusion.algorithms:ERM_Augment", hparams_registry.erm_augment, control=True,
-          read_against=("ERM",)),
-    Entry("ERM_RealMatched", "domainbed_diffusion.algorithms:ERM_RealMatched", hparams_registry.real_matched,
-          control=True, read_against=("ERM",)),
+    Entry("ERM_Augment", hparams_registry.erm_augment, control=True, read_against=("ERM",)),
+    Entry("ERM_RealMatched", hparams_registry.real_matched, control=True, read_against=("ERM",)),
     "domainbed_diffusion.generation.regenerate",
-    Entry("Regenerated_Balanced", "domainbed_diffusion.algorithms:Regenerated_Balanced", control=True,
-          reads="regenerate", synthetic_mode="balanced"),
+    Entry("Regenerated_Balanced", control=True, reads="regenerate", synthetic_mode="balanced"),
     "domainbed_diffusion.generation.composite",
-    Entry("ERM_FusionMatched", "domainbed_diffusion.algorithms:ERM_FusionMatched", hparams_registry.fusion_matched,
-          control=True),
+    Entry("ERM_FusionMatched", hparams_registry.fusion_matched, control=True),
 )
 _added = []  # entries given to ``add`` in this process
 _loaded = None  # the built-in and entry-point entries, read once

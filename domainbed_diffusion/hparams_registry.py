@@ -49,7 +49,7 @@ def extend(hparams, algorithm, dataset, random_seed, entry=None, swad_on=False):
         hp.define("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
     reads = entry.reads_spec() if entry is not None else None
     if reads is not None:  # it trains on a generation method's images
-        synthetic(hp, dataset, entry.synthetic_mode or reads.synthetic_mode)
+        synthetic(hp, dataset, entry.mode)
         twins(hp, reads)
     if entry is not None and entry.hparams is not None:
         entry.hparams(hp, dataset)
@@ -109,9 +109,11 @@ def synthetic(hp, dataset, mode):
 
 def twins(hp, spec):
     """The hparams that choose among a generation method's images (its options' twins): the option's default,
-    and its search distribution where it has one."""
+    and its search distribution where it has one; and its opt-in to images guided toward the test env, off."""
     for option in spec.twins().values():
         hp.define(option.hparam, option.default, option.search or (lambda r, d=option.default: d))
+    if spec.test_guides_hparam:  # CDGA's starred variant trains on pairs toward the test domain: not DG
+        hp.define(spec.test_guides_hparam, False, lambda r: False)
 
 
 def leak_opt_in(hp):
@@ -129,11 +131,6 @@ def miro(hp, dataset):
         hp.redefine("lr", [3e-5, 1e-5, 3e-5, 3e-5, 3e-5][i])
         hp.redefine("resnet_dropout", [0.0, 0.5, 0.1, 0.0, 0.1][i])
         hp.redefine("weight_decay", [0.0, 1e-6, 1e-6, 1e-4, 0.0][i])
-
-
-def cdga(hp, dataset):
-    # CDGA's starred variant trains on pairs toward the test domain: uses test-domain information.
-    hp.define("cdga_star_uses_test_domain", False, lambda r: False)
 
 
 def domainfusion(hp, dataset):

@@ -23,14 +23,66 @@ _MARK = "_domainbed_diffusion_registered"
 
 def _algorithms(module):
     from . import catalogue
+    if _initializing(OURS):
+        return  # ``algorithms`` imported DomainBed first; it calls ``register`` once its classes exist
     for entry in catalogue.entries():
-        if _still_importing(entry):
-            continue  # its module imported DomainBed first; it calls ``register`` once its classes exist
-        setattr(module, entry.algorithm, entry.load_class())
+        cls = algorithm_class(entry)
+        if cls is None:
+            continue  # its module is being imported; it calls ``register`` when done
+        setattr(module, entry.algorithm, cls)
         if entry.algorithm not in module.ALGORITHMS:
             module.ALGORITHMS.append(entry.algorithm)
     if not getattr(module.get_algorithm_class, "_with_options", False):
         module.get_algorithm_class = _get_algorithm_class(module.get_algorithm_class)
+
+
+OURS = "domainbed_diffusion.algorithms"  # where the plugin's written algorithm classes live
+
+
+def _initializing(name):
+    module = sys.modules.get(name)
+    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def algorithm_class(entry):
+    """A catalogue entry's class: the one it was given, else the class of its name in
+    ``domainbed_diffusion.algorithms`` or, for a method of another package, in its runner's module, else
+    ``SyntheticERM`` derived under its name for an entry that reads a generation method (made once, set on
+    ``algorithms`` so that it imports, pickles and prints like a written class). None while the module that
+    would define it is still being imported."""
+    if entry.algorithm_class is not None:
+        return entry.algorithm_class
+    names = [OURS]
+    runner = getattr(entry.spec, "runner", None)
+    if runner is not None and not runner.__module__.startswith("domainbed_diffusion."):
+        names.append(runner.__module__)  # a method of another package may define its class beside its runner
+    for name in names:
+        if _initializing(name):
+            return None
+        found = getattr(importlib.import_module(name), entry.algorithm, None)
+        if isinstance(found, type):
+            return found
+    if entry.reads is None:
+        raise LookupError(f"catalogue entry {entry.algorithm}: no class of that name in {' or '.join(names)}, and it "
+                          f"reads no generation method to derive one from: define the class, or give the entry "
+                          f"algorithm_class=")
+    ours = importlib.import_module(OURS)
+    doc = (f"ERM on real images plus the images of ``python -m offline_generation --methods {entry.reads}``, "
+           f"mixed as {entry.mode!r} (``SyntheticERM``, derived from its catalogue entry).")
+    cls = type(entry.algorithm, (ours.SyntheticERM,), dict(__doc__=doc, __module__=OURS, __qualname__=entry.algorithm))
+    setattr(ours, entry.algorithm, cls)
+    return cls
+
+
+def method_of(algorithm):
+    """The generation method an algorithm class trains on: its own catalogue entry's, else the nearest base
+    class's with one (a subclass made by the options wrapper, or a user's subclass); None if none reads one."""
+    from . import catalogue
+    for cls in algorithm.__mro__:
+        found = catalogue.entry(cls.__name__)
+        if found is not None and found.reads and algorithm_class(found) is cls:
+            return found.reads
+    return None
 
 
 def _get_algorithm_class(stock):
@@ -49,14 +101,6 @@ def _get_algorithm_class(stock):
         return options.with_options(stock(base), swad_on)
     get_algorithm_class._with_options = True
     return get_algorithm_class
-
-
-def _still_importing(entry):
-    """Whether the module defining the entry's class is being imported right now."""
-    if entry.class_module is None:
-        return False
-    module = sys.modules.get(entry.class_module)
-    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 def _hparams_registry(module):
@@ -102,7 +146,8 @@ def _datasets(module):
 
 
 def _misc(module):
-    from .training import context
+    from .training import context, evaluation
+    module.accuracy = evaluation.lean_accuracy(module.accuracy)  # hparam eval_training_splits
     stock = module.split_dataset
 
     @functools.wraps(stock)
@@ -115,6 +160,11 @@ def _misc(module):
         return validation, training
 
     module.split_dataset = split_dataset
+
+
+def _fast_data_loader(module):
+    from .training import evaluation
+    module.FastDataLoader.__init__ = evaluation.remember_dataset(module.FastDataLoader.__init__)
 
 
 def _networks(module):
@@ -131,6 +181,7 @@ def _command_launchers(module):
 # The DomainBed modules the plugin extends once they have finished executing, in DomainBed's import order.
 _HANDLERS = {
     "domainbed.lib.misc": _misc,
+    "domainbed.lib.fast_data_loader": _fast_data_loader,
     "domainbed.networks": _networks,
     "domainbed.datasets": _datasets,
     "domainbed.hparams_registry": _hparams_registry,

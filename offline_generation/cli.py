@@ -14,11 +14,13 @@ import shlex
 import sys
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.data.layout import SyntheticDataError
+from domainbed_diffusion.data.layout import synthetic_root
 
-INTERRUPTED = "interrupted: what was finished is kept; run the same command again to resume"
+from .options import data_parent, filter_parser, preview_parser, report_parser
+from .pipeline import INTERRUPTED, interruptible, reported_errors
+
 SUBCOMMANDS = ("generate", "index", "preview", "samples", "report", "filter", "prepare", "train-embedded",
-               "benchmark")
+               "throughput", "benchmark", "worker")
 
 
 def _methods(names):
@@ -44,18 +46,6 @@ def _modern(argv, command, stream=None):
             token = DEPRECATED[flag] + eq + value
         out.append(token)
     return out
-
-
-def data_parent(data_dir_required=True):
-    """The options every subcommand that reads a dataset and its synthetic domains shares."""
-    parent = argparse.ArgumentParser(add_help=False)
-    g = parent.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="DomainBed dataset name (PACS, OfficeHome, DigitStyles, ...)")
-    g.add_argument("--data_dir", required=data_dir_required, default=None, help="DomainBed's data_dir")
-    g.add_argument("--dataset_dir", default=None, help="the dataset's folder, if not DomainBed's default under data_dir")
-    g.add_argument("--synthetic_root", default=None,
-                   help="the synthetic domains' root, as the hparam synthetic_root (default: <data_dir>/synthetic)")
-    return parent
 
 
 def _generation_arguments(parser):
@@ -90,13 +80,20 @@ def _generation_arguments(parser):
     g.add_argument("--methods", nargs="+", default=["all"],
                    help=f"{', '.join(catalogue.methods())} or all (the methods), or a control: "
                         f"{', '.join(m for m in catalogue.methods(controls=True) if m not in catalogue.methods())}")
-    seen = set()
     for spec in catalogue.specs().values():  # each method's own settings, declared once in its spec
+        if not spec.options:
+            continue
+        group = parser.add_argument_group(f"{spec.name}" + (" (a control)" if spec.control else ""))
         for option in spec.options:
-            if option.name not in seen:
-                seen.add(option.name)
-                g.add_argument(f"--{option.name}", type=option.type, nargs=option.nargs, default=None,
-                               help=f"{option.help} (default: {option.default})")
+            group.add_argument(f"--{spec.name}.{option.name}", dest=_flag(spec.name, option.name), type=option.type,
+                               nargs=option.nargs, default=None, metavar=option.name.upper(),
+                               help=f"{option.help} (default: {option.default}"
+                                    + (f"; a run chooses among the images with hparam {option.hparam}"
+                                       if option.select else "") + ")")
+    for name in sorted({o.name for spec in catalogue.specs().values() for o in spec.options}):
+        option = next(o for spec in catalogue.specs().values() for o in spec.options if o.name == name)
+        g.add_argument(f"--{name}", dest=_flag("", name), type=option.type, nargs=option.nargs, default=None,
+                       help=argparse.SUPPRESS)  # the shared spelling of earlier versions (``_method_settings``)
     g = parser.add_argument_group("scale")
     g.add_argument("--num_shards", type=int, default=None, help="split the job into this many independent shards")
     g.add_argument("--shard_id", type=int, default=None, help="which shard this process runs (0-based)")
@@ -109,19 +106,61 @@ def _generation_arguments(parser):
     g.add_argument("--dry_run", action="store_true", help="print the plan and the disk estimate, generate nothing")
 
 
-def _finish_generation_args(args, parser):
+def _flag(method, option):
+    """The namespace attribute of ``--<method>.<option>`` (``method`` "": the shared spelling of old)."""
+    return f"setting__{method}__{option}"
+
+
+SAMPLING_FLAGS = ("steps", "strength", "guidance", "resolution", "seed", "batch_size", "per_trial", "trial_seeds",
+                  "holdout_fraction")  # what every selected method takes from the command line
+
+
+def _method_settings(args, methods, stream=None):
+    """``{method: {setting: value}}`` given on the command line: the sampling flags for every method, and each
+    method's own ``--<method>.<option>``; the shared ``--<option>`` of earlier versions still sets that option of
+    every selected method that has it, with a note."""
+    out, noted = {}, set()
+    for method in methods:
+        spec = catalogue.spec(method)
+        given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+        given["dataset"] = args.dataset
+        for option in spec.options:
+            value = getattr(args, _flag(method, option.name))
+            shared = getattr(args, _flag("", option.name))
+            if value is None and shared is not None:
+                value = shared
+                if option.name not in noted:
+                    noted.add(option.name)
+                    owners = [m for m in methods if option.name in {o.name for o in catalogue.spec(m).options}]
+                    print(f"note: --{option.name} sets that setting of {', '.join(owners)}; say which method's "
+                          f"with --{owners[0]}.{option.name} (the shared spelling still works for a while)",
+                          file=stream or sys.stderr)
+            if value is not None:
+                given[option.name] = value
+        out[method] = given
+    return out
+
+
+def _generation_job(args, parser):
+    """The typed ``GenerationJob`` of a parsed generate command line (its errors reported by ``parser``)."""
+    from .job import GenerationJob
     methods = _methods(args.methods)
     unknown = [m for m in methods if m not in catalogue.methods(controls=True)]
     if unknown:
         parser.error(f"unknown method(s) {unknown}: choose from {', '.join(catalogue.methods(controls=True))} or all")
-    args.methods = methods
     if (args.shard_id is None) != (args.num_shards is None):
         parser.error("--num_shards and --shard_id go together")
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
-    return args
+    return GenerationJob(
+        dataset=args.dataset, data_dir=args.data_dir, methods=tuple(methods),
+        synthetic_root=synthetic_root(args.synthetic_root, args.data_dir), settings=_method_settings(args, methods),
+        dataset_dir=args.dataset_dir, envs=tuple(args.envs) if args.envs else None, max_per_class=args.max_per_class,
+        model=args.model, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
+        compile=args.compile, batch_size=args.batch_size, num_shards=args.num_shards, shard_id=args.shard_id,
+        workers=args.workers, dry_run=args.dry_run)
 
 
 def _drop_option(argv, flag, takes_value):
@@ -151,17 +190,23 @@ def generate_main(argv):
     parser = argparse.ArgumentParser(prog="python -m offline_generation", parents=[data_parent()],
                                      description="Write synthetic domains in DomainBed's folder layout.")
     _generation_arguments(parser)
-    args = _finish_generation_args(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    job = _generation_job(args, parser)
     if args.slurm:
         return submit_shards(argv, args)
-    if args.workers and not args.dry_run:
-        from .generate import run_workers
-        worker_argv = argv  # each worker is given its own shards of this command's
-        for flag in ("--workers", "--num_shards", "--shard_id"):
-            worker_argv = _drop_option(worker_argv, flag, True)
-        return run_workers(worker_argv, args, command=argv)
-    from .generate import run
-    return run(args)
+    from .pipeline import generate
+    return generate(job, command=argv)
+
+
+def worker_main(argv):
+    parser = argparse.ArgumentParser(prog="python -m offline_generation worker",
+                                     description="One shard of a saved generation job (what --workers starts).")
+    parser.add_argument("job", help="the job's JSON file")
+    parser.add_argument("--num_shards", type=int, required=True)
+    parser.add_argument("--shard_id", type=int, required=True)
+    args = parser.parse_args(argv)
+    from .generate import run_worker
+    return run_worker(args.job, args.num_shards, args.shard_id)
 
 
 def index_main(argv):
@@ -176,9 +221,8 @@ def index_main(argv):
     import os
     import time
 
-    from domainbed_diffusion.data.layout import default_root
     from domainbed_diffusion.data.index import build, manifest_paths
-    dataset_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
+    dataset_root = os.path.join(synthetic_root(args.synthetic_root, args.data_dir), args.dataset)
     methods = _methods(args.methods)
     found = [m for m in methods if manifest_paths(dataset_root, m)]
     if not found:
@@ -191,15 +235,7 @@ def index_main(argv):
 
 
 def preview_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation preview", parents=[data_parent()],
-                                     description="A grid PNG: source images next to their synthetic variants.")
-    parser.add_argument("--methods", nargs="+", default=["all"])
-    parser.add_argument("--rows", type=int, default=4, help="source images per method")
-    parser.add_argument("--variants", type=int, default=6, help="synthetic images per source image, at most")
-    parser.add_argument("--size", type=int, default=96, help="pixels per tile")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="PNG file to write")
-    args = parser.parse_args(argv)
+    args = preview_parser().parse_args(argv)
     args.methods = _methods(args.methods)
     from .preview import preview
     return preview(args)
@@ -223,26 +259,7 @@ def samples_main(argv):
 
 
 def report_main(argv):
-    from .features import EXTRACTORS
-    parser = argparse.ArgumentParser(prog="python -m offline_generation report", parents=[data_parent()],
-                                     description="Measure what the generator made: label fidelity, style "
-                                                 "attribution, FID/KID, copies and diversity, a t-SNE map.")
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every method with a manifest")
-    parser.add_argument("--output", default=None, help="default: <synthetic_root>/<dataset>/report")
-    parser.add_argument("--per_group", type=int, default=50,
-                        help="images at most per (source env, target env, class), and real ones per (env, class)")
-    parser.add_argument("--extractor", default="auto", choices=EXTRACTORS)
-    parser.add_argument("--extractor_weights", default=None, help="a local weights file for the extractor")
-    parser.add_argument("--random_weights", action="store_true",
-                        help="ResNet-50 with random weights where none are on this machine (smoke tests only)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache_dir", default=None, help="feature cache (default: <output>/feature_cache)")
-    parser.add_argument("--trial_seed", type=int, default=0, help="the train/validation split the probes use")
-    parser.add_argument("--holdout_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_map", action="store_true", help="skip the t-SNE map")
-    parser.add_argument("--synthetic_filter", default=None, metavar="NAME",
-                        help="measure only the images the filter NAME kept for --trial_seed (any test env)")
+    parser = report_parser()
     args = parser.parse_args(argv)
     if args.per_group < 2:
         parser.error("--per_group must be at least 2")
@@ -251,32 +268,8 @@ def report_main(argv):
 
 
 def filter_main(argv):
-    from .features import EXTRACTORS
-    parser = argparse.ArgumentParser(prog="python -m offline_generation filter", parents=[data_parent()],
-                                     description="Drop synthetic images a classifier fitted on each run's own "
-                                                 "training data does not recognise as their label; writes a "
-                                                 "named filtered selection, deletes nothing.")
-    parser.add_argument("--methods", nargs="+", required=True)
-    parser.add_argument("--name", default="label", help="the selection's name: the hparam synthetic_filter")
-    parser.add_argument("--test_envs", nargs="+", default=None, help="default: every env in turn")
-    parser.add_argument("--trial_seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--holdout_fraction", type=float, default=0.2)
-    parser.add_argument("--criterion", default="disagree", choices=("disagree", "none"),
-                        help="disagree: drop an image whose predicted label is not its own (none: only the "
-                             "thresholds below)")
-    parser.add_argument("--min_confidence", type=float, default=None,
-                        help="drop an image whose probability of its own label is below this")
-    parser.add_argument("--max_entropy", type=float, default=None,
-                        help="drop an image whose predictive entropy (nats) is above this")
-    parser.add_argument("--per_class", type=int, default=200,
-                        help="real images per (env, class) the probe fits on, at most")
-    parser.add_argument("--extractor", default="auto", choices=EXTRACTORS)
-    parser.add_argument("--extractor_weights", default=None)
-    parser.add_argument("--random_weights", action="store_true", help="smoke tests only")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache_dir", default=None, help="feature cache (default: <dataset root>/filter_cache)")
     from .filtering import run
-    return run(parser.parse_args(argv))
+    return run(filter_parser().parse_args(argv))
 
 
 def prepare_main(argv):
@@ -319,18 +312,12 @@ def train_embedded_main(argv):
                           work_dir=args.work_dir)
 
 
-def benchmark_main(argv):
-    from .benchmark import main
+def throughput_main(argv, command="throughput"):
+    if command == "benchmark":
+        print("note: the subcommand benchmark is now throughput (the old name still works for a while)",
+              file=sys.stderr)
+    from .throughput import main
     return main(argv)
-
-
-def interruptible():
-    """Ctrl-C (SIGINT) stops this process even when it was started in the background, where shells start commands
-    with SIGINT ignored and every process they start inherits that."""
-    import signal
-    import threading
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv=None):
@@ -340,11 +327,12 @@ def main(argv=None):
     argv = _modern(argv, command)
     handler = {"generate": generate_main, "index": index_main, "preview": preview_main, "samples": samples_main,
                "report": report_main, "filter": filter_main, "prepare": prepare_main,
-               "train-embedded": train_embedded_main, "benchmark": benchmark_main}[command]
-    from .generate import WORKER, WorkerFailed
+               "train-embedded": train_embedded_main, "throughput": throughput_main,
+               "benchmark": lambda a: throughput_main(a, "benchmark"), "worker": worker_main}[command]
+    from .generate import WORKER
     try:
         handler(argv)
-    except (FileNotFoundError, ValueError, SyntheticDataError, WorkerFailed) as error:
+    except reported_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ import torch
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.data import splits
 from domainbed_diffusion.data.filtering import filter_path
-from domainbed_diffusion.data.layout import SyntheticDomains, default_root
+from domainbed_diffusion.data.layout import SyntheticDomains, synthetic_root
 
 from . import features as feature_extractors
 from .report import _probe
@@ -61,7 +61,7 @@ def decide(probabilities, classes, labels, criterion, min_confidence, max_entrop
 def run(args, extractor=None, stream=None):
     stream = stream or sys.stdout
     folder = scan(args.data_dir, args.dataset, args.dataset_dir)
-    domains = SyntheticDomains(args.synthetic_root or default_root(args.data_dir), args.dataset)
+    domains = SyntheticDomains(synthetic_root(args.synthetic_root, args.data_dir), args.dataset)
     unknown = [e for e in args.test_envs or [] if e not in folder.env_names]
     if unknown:
         raise ValueError(f"--test_envs {unknown}: not envs of {args.dataset} ({', '.join(folder.env_names)})")

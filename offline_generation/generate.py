@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,16 +30,12 @@ from domainbed_diffusion.data.files import save_png
 from domainbed_diffusion.diffusion.choice import generators, trained_on
 from domainbed_diffusion.generation import make_batches
 from domainbed_diffusion.benchmark.shipped import EMBEDDED, MODEL_CARD
-from domainbed_diffusion.data.layout import ManifestWriter, default_root, manifest_name
+from domainbed_diffusion.data.layout import ManifestWriter, manifest_name
 from domainbed_diffusion.data.index import build as build_index
 from domainbed_diffusion.data.index import manifest_paths, recorded_file_names
 
+from .job import GenerationJob, save_config
 from .sources import scan
-
-
-def method_config(args, method, embedded):
-    """The settings of one method: the command line's, else the method's defaults for the model in use."""
-    return catalogue.spec(method).config(embedded, **vars(args))
 
 
 def shard_of(batches, num_shards, shard_id):
@@ -100,10 +97,10 @@ def _hash(text):
     return hash(text)  # a process-stable 64-bit hash; a collision still needs the file on disk to be skipped
 
 
-def distributed_shard(args):
+def distributed_shard(job):
     """``--num_shards/--shard_id``, else torchrun/accelerate's ``WORLD_SIZE/RANK``, else a SLURM array's."""
-    if args.num_shards is not None:
-        return args.num_shards, args.shard_id or 0
+    if job.num_shards is not None:
+        return job.num_shards, job.shard_id or 0
     env = os.environ
     if "WORLD_SIZE" in env and "RANK" in env:
         return int(env["WORLD_SIZE"]), int(env["RANK"])
@@ -177,9 +174,9 @@ class Writer(threading.Thread):
             raise self.error
 
 
-def plan_method(args, folder, envs, method, embedded, num_shards=1, shard_id=0, generator=None):
-    cfg = method_config(args, method, embedded)
-    cfg.model_tag = generator.tag if generator else None  # per-test-env models write under their own folder
+def plan_method(job, folder, envs, method, embedded, num_shards=1, shard_id=0, generator=None):
+    # per-test-env models write under their own folder (their tag)
+    cfg = job.config(method, embedded, generator.tag if generator else None)
     if generator and generator.held_out is not None:
         envs = [e for e in envs if e != generator.held_out]  # its images serve runs whose test env it excludes
     runner = catalogue.spec(method).make(cfg)
@@ -206,20 +203,20 @@ def describe_plan(folder, method, batches, cfg, stream=None, out_root=None):
     return total
 
 
-def run(args, stream=None):
+def run(job, stream=None):
     """Generate the selected methods' synthetic domains; returns {method: images made in this run}."""
-    folder = scan(args.data_dir, args.dataset, args.dataset_dir, args.envs,
-                  max_per_class=getattr(args, "max_per_class", None))
-    envs = args.envs or folder.env_names
-    num_shards, shard_id = distributed_shard(args)
+    folder = scan(job.data_dir, job.dataset, job.dataset_dir, job.envs,
+                  max_per_class=job.max_per_class)
+    envs = job.envs or folder.env_names
+    num_shards, shard_id = distributed_shard(job)
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"--shard_id {shard_id} is outside 0..{num_shards - 1}")
-    embedded = (args.model or EMBEDDED).startswith(EMBEDDED)
-    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
-    jobs = [(g, {m: plan_method(args, folder, envs, m, embedded, num_shards, shard_id, g) for m in args.methods})
-            for g in generators(args.model, args.dataset, folder.env_names)]  # any env can be a test env
-    if args.dry_run:
-        print(f"plan for {args.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
+    embedded = (job.model or EMBEDDED).startswith(EMBEDDED)
+    out_root = os.path.join(job.synthetic_root, job.dataset)
+    jobs = [(g, {m: plan_method(job, folder, envs, m, embedded, num_shards, shard_id, g) for m in job.methods})
+            for g in generators(job.model, job.dataset, folder.env_names)]  # any env can be a test env
+    if job.dry_run:
+        print(f"plan for {job.dataset} ({len(folder.images)} source images, envs {envs}), shard {shard_id} of "
               f"{num_shards}, into {out_root}:", file=stream)
         for generator, plans in jobs:
             if generator.held_out is not None:
@@ -228,7 +225,7 @@ def run(args, stream=None):
                 describe_plan(folder, method, batches, cfg, stream, out_root)
         return {}
     from domainbed_diffusion.diffusion import LatentDiffusion, loading
-    device = args.device
+    device = job.device
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
     made = {}
@@ -236,12 +233,13 @@ def run(args, stream=None):
         model_folder = loading.resolve_model(generator.model)  # resolved once: its card checked, then loaded
         seen = trained_on(model_folder)
         if generator.held_out is not None and generator.held_out in (seen or ()):
-            raise ValueError(f"--model {args.model}: {generator.model} for test env {generator.held_out} lists "
+            raise ValueError(f"--model {job.model}: {generator.model} for test env {generator.held_out} lists "
                              f"{generator.held_out} among the envs it was trained on ({MODEL_CARD})")
-        model = LatentDiffusion.from_pretrained(model_folder, device=device, dtype=args.dtype)
-        if args.compile or args.channels_last:
-            model.optimize(channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size)
+        model = LatentDiffusion.from_pretrained(model_folder, device=device, dtype=job.dtype)
+        if job.compile or job.channels_last:
+            model.optimize(channels_last=job.channels_last, compile=job.compile, batch_size=job.batch_size)
         for method, (cfg, runner, batches) in plans.items():
+            save_config(out_root, cfg)
             made[method] = made.get(method, 0) + run_method(model, folder, method, runner, batches, out_root,
                                                             num_shards, shard_id, stream, seen)
     return made
@@ -328,12 +326,19 @@ def stop_workers(procs, grace=60):
             p.kill()
 
 
-def worker_commands(argv, workers, num_shards=1, shard_id=0):
-    """The command of each of ``workers`` processes: worker j runs shard ``shard_id + j * num_shards`` of
-    ``num_shards * workers``, so together they make exactly this command's batches (b mod num_shards)."""
+def worker_commands(job_file, workers, num_shards=1, shard_id=0):
+    """The command of each of ``workers`` processes (each reads the job saved in ``job_file``): worker j runs shard
+    ``shard_id + j * num_shards`` of ``num_shards * workers``, so together they make exactly this job's batches
+    (b mod num_shards)."""
     total = num_shards * workers
-    return [[sys.executable, "-m", "offline_generation", *argv, "--num_shards", str(total),
+    return [[sys.executable, "-m", "offline_generation", "worker", job_file, "--num_shards", str(total),
              "--shard_id", str(shard_id + j * num_shards)] for j in range(workers)]
+
+
+def run_worker(job_file, num_shards, shard_id):
+    """A worker of ``--workers``: one shard of the saved job, in this process."""
+    job = GenerationJob.load(job_file)
+    return run(replace(job, num_shards=num_shards, shard_id=shard_id, workers=None))
 
 
 MADE = re.compile(r"made (\d+) images .*?; (\d+) were already done(?:; (\d+) skipped)?")
@@ -378,7 +383,7 @@ class ShardProgress:
         return self.lines
 
 
-def run_workers(argv, args, stream=None, command=None, every=30.0):
+def run_workers(job, stream=None, command=None, every=30.0):
     """``--workers W``: W processes of one thread each, as shards of this command, then one index per method.
 
     On a CPU one thread per process is at least as fast as threads in one process (``docs/performance.md``) and
@@ -388,16 +393,17 @@ def run_workers(argv, args, stream=None, command=None, every=30.0):
     ``--workers`` included) is what a failure says to rerun.
     """
     stream = stream or sys.stdout
-    num_shards, shard_id = distributed_shard(args)
-    commands = worker_commands(argv, args.workers, num_shards, shard_id)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
-    env[WORKER] = "1"
-    out_root = os.path.join(args.synthetic_root or default_root(args.data_dir), args.dataset)
+    num_shards, shard_id = distributed_shard(job)
+    out_root = os.path.join(job.synthetic_root, job.dataset)
     log_dir = os.path.join(out_root, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    total = num_shards * args.workers
-    shards = [shard_id + j * num_shards for j in range(args.workers)]
-    print(f"{args.workers} worker(s) of one thread each: shard(s) {', '.join(str(k + 1) for k in shards)} of "
+    job_file = job.save(os.path.join(log_dir, f"job.{os.getpid()}.json"))
+    commands = worker_commands(job_file, job.workers, num_shards, shard_id)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    env[WORKER] = "1"
+    total = num_shards * job.workers
+    shards = [shard_id + j * num_shards for j in range(job.workers)]
+    print(f"{job.workers} worker(s) of one thread each: shard(s) {', '.join(str(k + 1) for k in shards)} of "
           f"{total}; their output: {log_dir}", file=stream, flush=True)
     progress = [ShardProgress(out_root, k, total) for k in shards]
     start, procs, logs = time.time(), [], []
@@ -428,12 +434,12 @@ def run_workers(argv, args, stream=None, command=None, every=30.0):
         print(f"[worker {j + 1}] {worker_summary(path)}", file=stream, flush=True)
     failed = [j for j, code in enumerate(codes) if code]
     if failed:
-        raise WorkerFailed(f"generation worker(s) {', '.join(str(j + 1) for j in failed)} of {args.workers} failed "
+        raise WorkerFailed(f"generation worker(s) {', '.join(str(j + 1) for j in failed)} of {job.workers} failed "
                            f"(exit status {codes[failed[0]]}; its log: {logs[failed[0]]}). Finished images are kept: "
-                           f"fix the cause and rerun the same command, it resumes: python -m offline_generation "
-                           f"{shlex.join(command or argv)}")
-    for method in args.methods:  # the workers built theirs as each finished; this one sees every shard's records
+                           f"fix the cause and rerun the same command, it resumes"
+                           + (f": python -m offline_generation {shlex.join(command)}" if command else ""))
+    for method in job.methods:  # the workers built theirs as each finished; this one sees every shard's records
         if manifest_paths(out_root, method):
             build_index(out_root, method)
-    print(f"{args.workers} workers finished in {time.time() - start:.1f}s", file=stream, flush=True)
+    print(f"{job.workers} workers finished in {time.time() - start:.1f}s", file=stream, flush=True)
     return {}

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from domainbed_diffusion.data.files import load_rgb, save_png
-from domainbed_diffusion.data.layout import Selection, SyntheticDomains, default_root
+from domainbed_diffusion.data.layout import Selection, SyntheticDomains, synthetic_root
 
 from .sources import dataset_root
 
@@ -52,7 +52,7 @@ def _made_by(file):
 
 def preview(args, stream=None):
     """Write the grid PNG for ``args.methods``; returns its path."""
-    root = args.synthetic_root or default_root(args.data_dir)
+    root = synthetic_root(args.synthetic_root, args.data_dir)
     domains = SyntheticDomains(root, args.dataset)
     real_root = dataset_root(args.data_dir, args.dataset, args.dataset_dir)
     tile, pad = args.size, 4

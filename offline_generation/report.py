@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from domainbed_diffusion import catalogue
 from domainbed_diffusion.data.filtering import dropped_files, filter_path
-from domainbed_diffusion.data.layout import SyntheticDomains, default_root
+from domainbed_diffusion.data.layout import SyntheticDomains, synthetic_root
 from domainbed_diffusion.data.index import SyntheticDataError, manifest_paths, open_index
 
 from . import features as feature_extractors
@@ -472,7 +472,7 @@ def _reusable(out, fingerprint, no_map):
 def run(args, stream=None):
     stream = stream or sys.stdout
     folder = scan(args.data_dir, args.dataset, args.dataset_dir)
-    root = args.synthetic_root or default_root(args.data_dir)
+    root = synthetic_root(args.synthetic_root, args.data_dir)
     domains = SyntheticDomains(root, args.dataset)
     if not os.path.isdir(domains.dataset_root):
         raise FileNotFoundError(f"report: {domains.dataset_root} does not exist: generate first, or give "

@@ -14,13 +14,11 @@ import argparse
 import json
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import main_job  # noqa: E402
+from domainbed_diffusion import results
+from offline_generation import pipeline
 
-from domainbed_diffusion import results  # noqa: E402
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # label -> (DomainBed algorithm, hparams over the defaults); one sweep folder per distinct hparams set
 ROWS = {
     "ERM": ("ERM", {}),
@@ -64,47 +62,39 @@ def merged(tidies, rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=os.path.join(main_job.REPO, "data"))
+    parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--output_dir", default=None, help="default: outputs/exploratory[-quick]")
     parser.add_argument("--quick", action="store_true", help="one short trial on a few images: wiring only")
     parser.add_argument("--tables_from", default=None, metavar="RUNS_JSON",
                         help="print the tables from a per-run file this script wrote (no generation, no run)")
     args = parser.parse_args(argv)
     if args.tables_from:
-        print(tables_text(results.load(args.tables_from), main_job.PROFILES["full"]))
+        print(tables_text(results.load(args.tables_from), pipeline.PROFILES["full"]))
         return 0
-    profile = dict(main_job.PROFILES["quick" if args.quick else "full"], n_hparams=1)
-    out = os.path.abspath(args.output_dir or os.path.join(main_job.REPO, "outputs",
+    profile = pipeline.PROFILES["quick" if args.quick else "full"]
+    out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs",
                                                           "exploratory" + ("-quick" if args.quick else "")))
     data_dir = os.path.abspath(args.data_dir)
     synthetic_root = os.path.join(data_dir, profile["synthetic"])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [main_job.REPO, os.environ.get("PYTHONPATH")] if p))
-    main_job._START = start = time.time()
-    main_job.step("1/4 DigitStyles and the synthetic images (the main job's where they are)")
-    from domainbed_diffusion.benchmark import digitstyles
+    clock = pipeline.Clock()
+    clock.step("1/4 DigitStyles and the synthetic images (the main job's where they are)")
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
-    from offline_generation.cli import main as generator
-    digitstyles.prepare(data_dir, pool=False)
-    trials = [str(t) for t in range(profile["trials"])]
-    code = generator(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *FILTERED,
-                      "--synthetic_root", synthetic_root, "--num_samples", str(profile["edsam_m"]), "--batch_size",
-                      "64", "--workers", str(default_lanes()), "--per_trial", "--trial_seeds", *trials,
-                      "--model", "embedded", *profile["generation"]])
-    if code:
-        return code
-    main_job.step("2/4 the label filter (per test env and trial)")
-    code = generator(["filter", "--dataset", "DigitStyles", "--data_dir", data_dir, "--synthetic_root",
-                      synthetic_root, "--methods", *FILTERED, "--trial_seeds", *trials])
-    if code:
-        return code
-    main_job.step("3/4 DomainBed sweeps, one folder per hparams set")
+    pipeline.prepare(data_dir)
+    trials = list(range(profile["trials"]))
+    pipeline.generate(pipeline.generation("DigitStyles", data_dir, FILTERED, synthetic_root, profile["hparams"],
+                                          trials=trials, workers=default_lanes(),
+                                          max_per_class=profile["max_per_class"], settings=profile["settings"]))
+    clock.step("2/4 the label filter (per test env and trial)")
+    pipeline.filter_images("DigitStyles", data_dir, synthetic_root, FILTERED, trial_seeds=trials)
+    clock.step("3/4 DomainBed sweeps, one folder per hparams set")
     sources = []
     for slug, (hparams, rows) in folders(ROWS).items():
         sweep_dir = os.path.join(out, slug, "sweep")
-        main_job.sweep(main_job.sweep_args(data_dir, sweep_dir, profile, [a for _, a in rows], profile["synthetic"],
-                                           **hparams), env)
+        pipeline.sweep(pipeline.Sweep(data_dir, sweep_dir, tuple(a for _, a in rows), trials=profile["trials"],
+                                      steps=profile["steps"], hparams=dict(profile["hparams"],
+                                                                           synthetic_root=synthetic_root, **hparams)))
         sources.append((sweep_dir, {a: label for label, a in rows}))
-    main_job.step("4/4 results")
+    clock.step("4/4 results")
     tidies = []
     for folder, labels in sources:
         tidy = relabel(results.load([(folder, list(labels))], warn=lambda line: print(line, file=sys.stderr)), labels)
@@ -119,7 +109,7 @@ def main(argv=None):
         f.write(text + "\n")
     results.write_tidy(tidy, os.path.join(out, "runs.json"))
     print(text)
-    print(f"wrote {os.path.join(out, 'exploratory.txt')} and runs.json; {(time.time() - start) / 60:.1f} min")
+    print(f"wrote {os.path.join(out, 'exploratory.txt')} and runs.json; {clock.minutes():.1f} min")
     return 0
 
 
@@ -127,7 +117,7 @@ def tables_text(tidy, profile):
     """The exploratory tables: every row against ERM and each option against its row without it."""
     from domainbed_diffusion.results import cli
     _, texts = cli.report(tidy, "ERM", "table", contrasts=CONTRASTS,
-                          title=("EXPLORATORY " + main_job.title(profile)).strip())
+                          title=("EXPLORATORY " + pipeline.title(profile)).strip())
     return texts["text"]
 
 
@@ -145,4 +135,4 @@ def filter_drops(synthetic_root):
 
 
 if __name__ == "__main__":
-    main_job.run_script(main)
+    pipeline.run_script(main)

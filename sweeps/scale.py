@@ -301,20 +301,16 @@ def make_tree(data_dir):
 
 def half_done(data_dir, out_dir):
     """A half-done job: manifests (and empty image files) for the first half of each method's plan."""
-    import argparse as ap
-
     from domainbed_diffusion.data.layout import ManifestWriter, manifest_name
-    from offline_generation.cli import _finish_generation_args, _generation_arguments
     from offline_generation.generate import plan_method, record_of
+    from offline_generation.job import GenerationJob
     from offline_generation.sources import scan
-    parser = ap.ArgumentParser()
-    _generation_arguments(parser)
-    args = _finish_generation_args(parser.parse_args(["--dataset", "DomainNet", "--data_dir", data_dir, "--methods",
-                                                      "cdga-ig", "--model", "sim", "--batch_size", "64"]), parser)
+    job = GenerationJob("DomainNet", data_dir, ("cdga-ig",), out_dir, model="sim", batch_size=64,
+                        settings={"cdga-ig": dict(dataset="DomainNet", batch_size=64)})
     folder = scan(data_dir, "DomainNet")
     root = os.path.join(out_dir, "DomainNet")
-    for method in ("cdga-ig",):
-        _, _, plan = plan_method(args, folder, folder.env_names, method, embedded=False)
+    for method in job.methods:
+        _, _, plan = plan_method(job, folder, folder.env_names, method, embedded=False)
         total = sum(u.size for b in plan for u in b)
         written = 0
         with ManifestWriter(os.path.join(root, manifest_name(method))) as writer:

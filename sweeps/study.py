@@ -19,14 +19,11 @@ Constants below are the protocol's; changing one after the first run is a deviat
 import argparse
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import main_job  # noqa: E402  (the main job's stages: DigitStyles, generation calls, the sweep's subprocess)
+from domainbed_diffusion import results
+from offline_generation import pipeline
 
-from domainbed_diffusion import results  # noqa: E402
-
-REPO = main_job.REPO
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["MIRO", "CDGA_PG", "CDGA_IG", "EDSAM", "LatentPrior", "DomainFusion"]
 CONTROLS = ["Regenerated", "Regenerated_Balanced", "Composite", "ERM_FusionMatched"]
 ROWS = ["ERM", *METHODS, *CONTROLS]
@@ -38,12 +35,13 @@ FAMILIES = {"primary": PRIMARY, "secondary": SECONDARY}
 MARGIN = 0.03  # equivalence margin: +/- 3 points of Avg
 TRIAL_SEED_FROM = 100  # earlier tables used trials 0, 1, 2
 EDSAM_M = 3  # ED-SAM's samples per image (the paper's 10 would triple its generation; see the protocol)
-GENERATION = {"cdga-pg": 1, "cdga-ig": 1, "composite": 1, "latent-prior": 1, "edsam": EDSAM_M, "regenerate": 2}
+HPARAMS = dict(edsam_m=EDSAM_M)  # every run's; what is generated follows their twins (regenerations: 2, default)
+GENERATED = ["cdga-pg", "cdga-ig", "composite", "latent-prior", "edsam", "regenerate"]
 PROFILES = {
-    "study": dict(trials=12, steps=None, synthetic="synthetic-study", generation=[], title=""),
+    "study": dict(trials=12, steps=None, synthetic="synthetic-study", max_per_class=None, settings={}, title=""),
     # the same stages on 5 images per (env, class), one short trial: checks the wiring, measures nothing
     "smoke": dict(trials=1, steps=26, synthetic="synthetic-study-smoke", title="SMOKE: 1 trial, 26 steps, not a "
-                  "result.", generation=["--max_per_class", "5", "--bandwidth_references", "8"]),
+                  "result.", max_per_class=5, settings={"latent-prior": dict(bandwidth_references=8)}),
 }
 
 
@@ -51,23 +49,16 @@ def trial_seeds(profile):
     return [TRIAL_SEED_FROM + t for t in range(profile["trials"])]
 
 
-def generate(data_dir, profile, workers):
-    from offline_generation.cli import main as generator
-    for samples in sorted(set(GENERATION.values())):
-        methods = [m for m, n in GENERATION.items() if n == samples]
-        code = generator(["--dataset", "DigitStyles", "--data_dir", data_dir, "--methods", *methods,
-                          "--synthetic_root", os.path.join(data_dir, profile["synthetic"]), "--model", "embedded",
-                          "--num_samples", str(samples), "--batch_size", "64", "--workers", str(workers),
-                          "--per_trial", "--trial_seeds", *map(str, trial_seeds(profile)), *profile["generation"]])
-        if code:
-            return code
-    return 0
+def generation(data_dir, profile, workers):
+    return pipeline.generation("DigitStyles", data_dir, GENERATED, os.path.join(data_dir, profile["synthetic"]),
+                               HPARAMS, trials=trial_seeds(profile), workers=workers,
+                               max_per_class=profile["max_per_class"], settings=profile["settings"])
 
 
-def sweep_arguments(data_dir, sweep_dir, profile):
-    args = main_job.sweep_args(data_dir, sweep_dir, dict(profile, edsam_m=EDSAM_M, n_hparams=1), ROWS,
-                               profile["synthetic"])
-    return args + ["--trial_seed_from", str(TRIAL_SEED_FROM)]
+def sweep(data_dir, sweep_dir, profile):
+    return pipeline.Sweep(data_dir, sweep_dir, tuple(ROWS), trials=profile["trials"], steps=profile["steps"],
+                          hparams=dict(HPARAMS, synthetic_root=os.path.join(data_dir, profile["synthetic"])),
+                          trial_seed_from=TRIAL_SEED_FROM)
 
 
 def analyse(tidy, selection):
@@ -110,18 +101,6 @@ def tables(tidy, folder, title):
     return out
 
 
-def status(sweep_dir):
-    """Runs finished per row, from the ``done`` files alone: no accuracy is read before the study ends."""
-    import glob
-    import json
-    done = {}
-    for marker in glob.glob(os.path.join(sweep_dir, "*", "done")):
-        with open(os.path.join(os.path.dirname(marker), "results.jsonl")) as f:
-            first = json.loads(f.readline())
-        done[first["args"]["algorithm"]] = done.get(first["args"]["algorithm"], 0) + 1
-    return done
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=os.path.join(REPO, "data"))
@@ -139,7 +118,7 @@ def main(argv=None):
         print(tables(results.read_tidy(args.tables_from), out, profile["title"]))
         return 0
     if args.status:
-        done = status(sweep_dir)
+        done = pipeline.finished_runs(sweep_dir)
         expected = 4 * profile["trials"]
         for row in ROWS:
             print(f"{row:<22} {done.get(row, 0):>3}/{expected} runs done")
@@ -147,29 +126,22 @@ def main(argv=None):
         return 0
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p),
-               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-    if args.lanes:
-        env["DOMAINBED_DIFFUSION_LANES"] = str(args.lanes)
-    main_job._START = start = time.time()
-    main_job.step("1/4 DigitStyles")
-    from domainbed_diffusion.benchmark import digitstyles
-    digitstyles.prepare(data_dir, pool=False)
-    main_job.step(f"2/4 synthetic domains, one draw per trial (trials {trial_seeds(profile)[0]}-"
-                  f"{trial_seeds(profile)[-1]})")
+    clock = pipeline.Clock()
+    clock.step("1/4 DigitStyles")
+    pipeline.prepare(data_dir)
+    clock.step(f"2/4 synthetic domains, one draw per trial (trials {trial_seeds(profile)[0]}-"
+               f"{trial_seeds(profile)[-1]})")
     from domainbed_diffusion.launchers.cpu_parallel import default_lanes
-    code = generate(data_dir, profile, args.lanes or default_lanes())
-    if code:
-        return code
-    main_job.step("3/4 DomainBed sweep (fresh trial seeds)")
-    main_job.sweep(sweep_arguments(data_dir, sweep_dir, profile), env, module="domainbed_diffusion.launchers.sweep")
-    main_job.step("4/4 the protocol's analysis")
+    pipeline.generate(generation(data_dir, profile, args.lanes or default_lanes()))
+    clock.step("3/4 DomainBed sweep (fresh trial seeds)")
+    pipeline.sweep(sweep(data_dir, sweep_dir, profile), args.lanes)
+    clock.step("4/4 the protocol's analysis")
     tidy = results.load(sweep_dir, order=ROWS, warn=lambda line: print(line, file=sys.stderr))
     print(tables(tidy, out, profile["title"]))
     print(f"wrote {os.path.join(out, 'study.txt')}, runs.json, forest.png, accuracy.png; the study took "
-          f"{(time.time() - start) / 60:.1f} min")
+          f"{clock.minutes():.1f} min")
     return 0
 
 
 if __name__ == "__main__":
-    main_job.run_script(main)
+    pipeline.run_script(main)

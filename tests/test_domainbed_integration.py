@@ -34,10 +34,10 @@ if HAVE_DOMAINBED:
     from domainbed import algorithms, datasets, hparams_registry
     from domainbed.lib import misc
 
-    from domainbed_diffusion import catalogue as _catalogue
+    from domainbed_diffusion import registration as _registration
     from domainbed_diffusion.training import context
-    SYNTHETIC = {name: _catalogue.reads(algorithms.get_algorithm_class(name)) for name in OURS
-                 if _catalogue.reads(algorithms.get_algorithm_class(name))}
+    SYNTHETIC = {name: _registration.method_of(algorithms.get_algorithm_class(name)) for name in OURS
+                 if _registration.method_of(algorithms.get_algorithm_class(name))}
 
 
 def stock_script(module, argv, monkeypatch):
@@ -232,7 +232,7 @@ def test_synthetic_algorithms_never_read_a_test_env_or_validation_image(syntheti
         training = {i: {os.path.relpath(dataset[i].samples[k][0], dataset.dir) for k in splits[i][1].keys}
                     for i in range(4)}
         seen = 0
-        for env_index, synthetic_set in zip([0, 2, 3], algorithm.synthetic.datasets):
+        for env_index, synthetic_set in zip([0, 2, 3], algorithm.mixer.datasets):
             for record in synthetic_set.selection.records():
                 assert "ink" not in (record["source_env"], record.get("guide_env")), record["file"]
                 assert record["source_env"] == dataset.ENVIRONMENTS[env_index]
@@ -257,7 +257,7 @@ def test_stock_train_script_runs_use_the_model_without_their_test_style(syntheti
                 "--test_envs", str(test_env), "--steps", "1", "--output_dir", str(tmp_path / f"{name}{test_env}"),
                 "--hparams", json.dumps({"edsam_m": 2})])
             run = runpy.run_module("domainbed.scripts.train", run_name="__main__")["algorithm"]
-            models = {r["model_id"].split("@")[0] for d in run.synthetic.datasets for r in d.selection.records()}
+            models = {r["model_id"].split("@")[0] for d in run.mixer.datasets for r in d.selection.records()}
             assert models == {f"embedded-without-{style}"}, (name, test_env, models)
     all_styles = str(tmp_path / "all-styles")
     from offline_generation.cli import main
@@ -270,7 +270,7 @@ def test_stock_train_script_runs_use_the_model_without_their_test_style(syntheti
         dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
         if opt_in:
             algorithm = algorithms.get_algorithm_class("EDSAM")(dataset.input_shape, 10, 3, hparams)
-            assert {r["model_id"].split("@")[0] for d in algorithm.synthetic.datasets
+            assert {r["model_id"].split("@")[0] for d in algorithm.mixer.datasets
                     for r in d.selection.records()} == {"embedded-all-styles"}
         else:
             with pytest.raises(GeneratorLeakError, match=r"test env\(s\) \['blueprint'\].*embedded-all-styles"):
@@ -450,8 +450,8 @@ def test_an_algorithm_never_filters_against_another_datasets_test_env(synthetic_
     with context.use(first):
         algorithm = cls(first.input_shape, 10, 3, hparams)
     assert algorithm.run_context.test_envs == [0] and algorithm.run_context.dataset is first
-    envs = {r["source_env"] for s in algorithm.synthetic.datasets for r in s.selection.records()} | \
-        {r["guide_env"] for s in algorithm.synthetic.datasets for r in s.selection.records()}
+    envs = {r["source_env"] for s in algorithm.mixer.datasets for r in s.selection.records()} | \
+        {r["guide_env"] for s in algorithm.mixer.datasets for r in s.selection.records()}
     assert "blueprint" not in envs and "ink" in envs
     own = dict(hparams)
     third = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], own)
@@ -489,10 +489,10 @@ def test_synthetic_algorithms_see_erms_images_per_step_by_default(synthetic_digi
     assert algorithm.update(minibatches)["images"] == erm_images == 3 * hparams["batch_size"]
     erm.update(minibatches)
     # union: each slot is synthetic with the synthetic share of the env's union; balanced: exactly half
-    share = algorithm.synthetic_share[0]
-    n_synthetic = len(algorithm.synthetic.datasets[0])
+    share = algorithm.mixer.shares[0]
+    n_synthetic = len(algorithm.mixer.datasets[0])
     assert share == pytest.approx(n_synthetic / (n_synthetic + len(misc_splits[1][1])))
-    slots = [algorithm.synthetic_slots(8, share) for _ in range(3000)]
+    slots = [algorithm.mixer.slots(8, share) for _ in range(3000)]
     expected = 4 if balanced else 8 * share
     assert abs(sum(slots) / len(slots) - expected) < 0.1
     with context.use(dataset):
@@ -561,7 +561,7 @@ def test_latent_prior_is_fitted_on_its_trials_training_split_only(digitstyles_di
         for i, env in enumerate(dataset):
             misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
         if trial == 0:
-            records = latent_prior(dataset.input_shape, 10, 1, hparams).synthetic.datasets[0].selection.records()
+            records = latent_prior(dataset.input_shape, 10, 1, hparams).mixer.datasets[0].selection.records()
             assert {r["file"] for r in records} == set(before)
         else:
             with pytest.raises(SyntheticDataError, match="fitted on this run's train/validation split"):
@@ -578,8 +578,8 @@ def test_cdga_ig_reads_its_own_trials_pairs_and_refuses_a_trial_not_made(synthet
         for i, env in enumerate(dataset):
             misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(trial, i))
         algorithm = algorithms.get_algorithm_class("CDGA_IG")(dataset.input_shape, 10, 3, hparams)
-        assert sum(d.selection.guides_not_trained for d in algorithm.synthetic.datasets) == 0
-        assert {r["params"]["trial_seed"] for d in algorithm.synthetic.datasets for r in d.selection.records()} \
+        assert sum(d.selection.guides_not_trained for d in algorithm.mixer.datasets) == 0
+        assert {r["params"]["trial_seed"] for d in algorithm.mixer.datasets for r in d.selection.records()} \
             == {trial}
         del algorithm, dataset
     dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [3], hparams)
@@ -729,7 +729,7 @@ def test_regenerations_are_ed_sams_pipeline_at_rho_zero_read_by_both_mixings(syn
         dataset = datasets.get_dataset_class("DigitStyles")(synthetic_digitstyles, [0], hparams)
         with context.use(dataset):
             algorithm = algorithms.get_algorithm_class(name)(dataset.input_shape, 10, 3, hparams)
-        out += [r for d in algorithm.synthetic.datasets for r in d.selection.records()]
+        out += [r for d in algorithm.mixer.datasets for r in d.selection.records()]
         assert hparams["synthetic_mode"] == ("union" if name == "Regenerated" else "balanced")
     assert union == balanced and len(union) > 0
     for record in union:
@@ -818,7 +818,7 @@ def test_coral_trains_with_a_methods_images_as_extra_environments(synthetic_digi
     algorithm, dataset = scope["algorithm"], scope["dataset"]
     assert isinstance(algorithm, algorithms.CORAL)
     assert seen == [[8, 8, 8, 8], [8, 8, 8, 8]]  # three real envs' minibatches, then the synthetic environment's
-    extra = algorithm._extras.stream.datasets[0]
+    extra = algorithm._extras.mixer.datasets[0]
     records = [r for part in extra.datasets for r in part.selection.records()]
     assert records and {r["source_env"] for r in records} == {"blueprint", "neon", "sketch"}
     assert {r["model_id"].split("@")[0] for r in records} == {"embedded-without-ink"}
@@ -840,11 +840,11 @@ def test_any_algorithm_mixes_named_methods_images_into_each_envs_minibatch(synth
         misc.split_dataset(env, int(len(env) * 0.2), misc.seed_hash(0, i))
     algorithm = algorithms.get_algorithm_class("ERM")(dataset.input_shape, 10, 3, hparams)
     assert isinstance(algorithm, options.WithOptions) and algorithm._extras.mode == "minibatch"
-    for env_index, union in zip((0, 2, 3), algorithm._extras.stream.datasets):
+    for env_index, union in zip((0, 2, 3), algorithm._extras.mixer.datasets):
         assert [part.method for part in union.datasets] == ["cdga-pg", "edsam"]
         assert all(r["source_env"] == dataset.ENVIRONMENTS[env_index] for part in union.datasets
                    for r in part.selection.records())
-    assert all(0 < s < 1 for s in algorithm._extras.shares)
+    assert all(0 < s < 1 for s in algorithm._extras.mixer.shares)
     batches = _minibatches(dataset, 8, [0, 2, 3])
     mixed = algorithm._extras.minibatches(batches)
     assert [len(x) for x, _ in mixed] == [8, 8, 8]

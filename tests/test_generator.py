@@ -306,7 +306,8 @@ def test_workers_split_this_commands_shard_only():
     """With ``--num_shards S --shard_id s`` too, worker j takes shard s + j*S of S*W: together, batch b for
     every b = s mod S, each once."""
     from offline_generation.generate import worker_commands
-    commands = worker_commands(["--dataset", "X"], workers=3, num_shards=4, shard_id=1)
+    commands = worker_commands("job.json", workers=3, num_shards=4, shard_id=1)
+    assert all(c[3:5] == ["worker", "job.json"] for c in commands)
     shards = [(int(c[c.index("--num_shards") + 1]), int(c[c.index("--shard_id") + 1])) for c in commands]
     assert shards == [(12, 1), (12, 5), (12, 9)]
     taken = sorted(b for b in range(48) for total, k in shards if b % total == k)

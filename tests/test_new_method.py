@@ -1,6 +1,10 @@
-"""A fifth generation method touches no file of the plugin: defined here (a Runner and its spec; no algorithm class:
-the catalogue derives it), added to the catalogue, generated with the embedded model by the generator's command
-line, and trained on by DomainBed's stock train script."""
+"""A new generation method is its math module, its generation module and one catalogue line: no algorithm class, no
+hparams block, no file of the plugin. The method here (written as those two modules by the test) makes several
+VAE round trips of each training image and lets a run choose how many it reads with an hparam; it is added to
+the catalogue, generated with the embedded model by the generator's command line, and trained on by DomainBed's
+stock train script, which reads only its training envs' images made from their training splits, and only the
+round trips its hparam selects."""
+import importlib
 import json
 import os
 import runpy
@@ -11,15 +15,23 @@ import pytest
 from PIL import Image
 
 from domainbed_diffusion import catalogue
-from domainbed_diffusion.generation import MethodSpec, Runner, Unit, stem, to_uint8
 
 from conftest import needs_domainbed
 
 METHOD, ALGORITHM = "toy-vae", "TOY_VAE"
+MATH_MODULE = '''
+def round_trip(model, latents):
+    """The toy method's math: latents back to pixels."""
+    return model.decode_latents(latents)
+'''
+GENERATION_MODULE = '''
+import torch
 
+from domainbed_diffusion.generation import MethodSpec, Option, Runner, Unit, stem, to_uint8
+from toy_math import round_trip
 
 class VAERoundTrip(Runner):
-    """The toy method: each training image through the VAE and back (content-preserving, one image each)."""
+    """Each training image through the VAE and back, ``copies`` times."""
 
     def params(self):
         return dict(resolution=self.cfg.resolution)
@@ -27,30 +39,35 @@ class VAERoundTrip(Runner):
     def plan(self, sources, envs):
         for image in sources.images:
             if image.env in envs:
-                yield Unit([self.item(image.env, image.class_name, stem(image.rel_path), (image.rel_path,),
-                                      source=image.rel_path)], image.rel_path)
+                yield Unit([self.item(image.env, image.class_name, f"{stem(image.rel_path)}_{k}", (image.rel_path, k),
+                                      source=image.rel_path, sample=k) for k in range(self.cfg.copies)], image.rel_path)
 
     def run(self, model, units, sources, report):
         units, latents = self.encode_sources(model, units, sources, report)
         if not units:
             return []
-        return list(zip([u.items[0] for u in units], to_uint8(model.decode_latents(latents))))
-
-
-def toy_hparams(hp, dataset):
-    hp.define("toy_marker", 7, lambda r: 7)
-
+        latents = latents.repeat_interleave(torch.tensor([u.size for u in units]), 0)
+        return list(zip([it for u in units for it in u.items], to_uint8(round_trip(model, latents))))
 
 SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
+SPEC = MethodSpec("toy-vae", "TOY_VAE", VAERoundTrip, SAMPLING, SAMPLING,
+                  options=(Option("copies", 2, int, "toy: round trips per image", hparam="toy_copies",
+                                  select="count"),))
+'''
 
 
 @pytest.fixture
-def toy_method():
-    spec = MethodSpec(METHOD, ALGORITHM, VAERoundTrip, SAMPLING, SAMPLING, synthetic_mode="union",
-                      hparams=toy_hparams)
-    catalogue.add(spec)
+def toy_method(tmp_path, monkeypatch):
+    package = tmp_path / "toy"
+    package.mkdir()
+    (package / "toy_math.py").write_text(MATH_MODULE)
+    (package / "toy_generation.py").write_text(GENERATION_MODULE)
+    monkeypatch.syspath_prepend(str(package))
+    spec = catalogue.add(importlib.import_module("toy_generation").SPEC).spec  # the one catalogue line
     yield spec
     catalogue.remove(ALGORITHM)
+    for name in ("toy_generation", "toy_math"):
+        sys.modules.pop(name, None)
     module = sys.modules.get("domainbed.algorithms")
     if module is not None and ALGORITHM in module.ALGORITHMS:
         module.ALGORITHMS.remove(ALGORITHM)
@@ -74,8 +91,8 @@ def test_a_method_added_to_the_catalogue_is_listed_and_generated(toy_method, dig
     with pytest.raises(ValueError, match="already in the catalogue"):
         catalogue.add(toy_method)
     records = generate(digitstyles_dir, str(tmp_path / "synthetic"))
-    # each of the four per-test-env models: the other three envs' images once (--max_per_class 2)
-    assert len(records) == 4 * 3 * 10 * 2
+    # each of the four per-test-env models: the other three envs' images, two round trips each (--max_per_class 2)
+    assert len(records) == 4 * 3 * 10 * 2 * 2 and {r["sample"] for r in records} == {0, 1}
     assert {r["method"] for r in records} == {METHOD} and all(r["params"] == {"resolution": 32} for r in records)
     assert {r["model_id"].split("@")[0] for r in records} == {f"embedded-without-{e}" for e in
                                                               ("blueprint", "ink", "neon", "sketch")}
@@ -109,22 +126,26 @@ def test_the_stock_train_script_trains_on_a_method_added_to_the_catalogue(toy_me
     out = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["train.py", "--dataset", "DigitStyles", "--algorithm", ALGORITHM, "--data_dir",
                                       digitstyles_dir, "--test_envs", "0", "--steps", "3", "--output_dir", str(out),
-                                      "--hparams", json.dumps({"synthetic_root": synthetic})])
-    derived = catalogue.entry(ALGORITHM).load_class()
+                                      "--hparams", json.dumps({"synthetic_root": synthetic, "toy_copies": 1})])
+    from domainbed_diffusion.registration import algorithm_class
+    derived = algorithm_class(catalogue.entry(ALGORITHM))
     assert derived.__name__ == ALGORITHM and issubclass(derived, SyntheticERM) and "toy-vae" in derived.__doc__
     assert issubclass(algorithms.get_algorithm_class(ALGORITHM), derived)
+    from domainbed import hparams_registry
+    assert hparams_registry.default_hparams(ALGORITHM, "DigitStyles")["toy_copies"] == 2  # the option's twin
     runpy.run_module("domainbed.scripts.train", run_name="__main__")
     with open(out / "results.jsonl") as f:
         last = [json.loads(line) for line in f][-1]
     assert last["args"]["algorithm"] == ALGORITHM and last["step"] == 2
-    assert last["hparams"]["toy_marker"] == 7 and last["hparams"]["synthetic_mode"] == "union"
+    assert last["hparams"]["toy_copies"] == 1 and last["hparams"]["synthetic_mode"] == "union"
     assert last["images"] == 3 * 8  # ERM's images per step: three training envs, batch 8
     assert np.isfinite(last["loss"])
     # what it trained on: toy images of its training envs only (test env 0, blueprint, was generated too), each
-    # made from an image of that env's training split
+    # made from an image of that env's training split, and of the two round trips made only the one its hparam asks
     run = built[-1]
     assert type(run).__name__ == ALGORITHM and run.method == METHOD
-    used = [d.selection.records() for d in run.synthetic.datasets]
+    used = [d.selection.records() for d in run.mixer.datasets]
+    assert {r["sample"] for env in used for r in env} == {0} and {r["sample"] for r in records} == {0, 1}
     assert [{r["source_env"] for r in env} for env in used] == [{"ink"}, {"neon"}, {"sketch"}]
     for i, env in zip(run.run_context.train_envs, used):
         training = run.run_context.dataset[i]
@@ -142,8 +163,7 @@ class Nothing(Runner):
     pass
 
 SAMPLING = dict(steps=1, strength=1.0, guidance=1.0, resolution=32)
-SPEC = MethodSpec("toy-entry-point", "TOY_ENTRY_POINT", Nothing, SAMPLING, SAMPLING,
-                  algorithm_class="toy_package:NoSuchClassUntilDomainBedAsks")
+SPEC = MethodSpec("toy-entry-point", "TOY_ENTRY_POINT", Nothing, SAMPLING, SAMPLING)
 '''
 
 

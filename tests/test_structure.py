@@ -135,3 +135,48 @@ def test_only_the_catalogue_spells_the_list_of_algorithms():
                     if sum(f'"{a}"' in literal for a in names) >= len(names) - 1:
                         offenders.append(os.path.join(folder, name))
     assert not offenders, offenders
+
+
+def test_the_catalogue_is_data_and_imports_no_algorithm():
+    """The catalogue lists; ``registration`` makes classes: no import of the algorithms from the catalogue, not even
+    by name (the only modules it names are the generation methods' own)."""
+    known = modules()
+    path = known["domainbed_diffusion.catalogue"]
+    assert "domainbed_diffusion.algorithms" not in imports("domainbed_diffusion.catalogue", path, known)
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    named = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and n.value.startswith("domainbed_diffusion.")]
+    named.remove(catalogue.ENTRY_POINT_GROUP)
+    assert named and all(m.startswith("domainbed_diffusion.generation.") for m in named), named
+    assert not any(isinstance(e.algorithm_class, str) for e in catalogue.entries())  # no "module:Class" strings
+
+
+def test_one_module_mixes_synthetic_images():
+    """Synthetic streams are opened and mixed into minibatches in ``training.mixing`` alone; the methods' algorithms
+    and the options of every algorithm call it."""
+    mixing = os.path.join(REPO, "domainbed_diffusion", "training", "mixing.py")
+    opened, mixed = [], []
+    for name, path in modules().items():
+        text = open(path, encoding="utf-8").read()
+        if path != mixing and re.search(r"InfiniteDataLoader\(|union_slots\(", text):
+            opened.append(name)
+        if re.search(r"\.mix\(", text):
+            mixed.append(name)
+    assert not opened, opened
+    assert sorted(mixed) == ["domainbed_diffusion.algorithms", "domainbed_diffusion.training.options"]
+
+
+def test_no_sweep_script_imports_another():
+    """The sweep scripts call the pipeline API; none imports another script or puts ``sweeps/`` on the path."""
+    folder = os.path.join(REPO, "sweeps")
+    scripts = {name[:-3] for name in os.listdir(folder) if name.endswith(".py")}
+    offenders = []
+    for name in sorted(scripts):
+        text = open(os.path.join(folder, name + ".py"), encoding="utf-8").read()
+        for node in ast.walk(ast.parse(text)):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{name} imports {t}" for t in targets if t.split(".")[0] in scripts]
+        if "sys.path.insert" in text or "sys.path.append" in text:
+            offenders.append(f"{name} changes sys.path")
+    assert not offenders, offenders

@@ -23,7 +23,7 @@ from .index import SyntheticDataError, iter_records, manifest_paths, missing_ima
 
 DEFAULT_SUBDIR = "synthetic"
 __all__ = ["SyntheticDataError", "SyntheticDomains", "Selection", "ManifestWriter", "read_manifests", "env_folder",
-           "manifest_name", "safe_name", "default_root"]
+           "manifest_name", "safe_name", "default_root", "synthetic_root"]
 
 
 def safe_name(name):
@@ -42,6 +42,16 @@ def manifest_name(method, shard_id=0, num_shards=1):
 
 def default_root(data_dir):
     return os.path.join(data_dir, DEFAULT_SUBDIR)
+
+
+def synthetic_root(given, data_dir):
+    """The synthetic root a command or run uses: the one ``given`` (option ``--synthetic_root``, hparam
+    ``synthetic_root``), else ``<data_dir>/synthetic``; the one place that default is worked out."""
+    if given:
+        return given
+    if not data_dir:
+        raise ValueError("no synthetic root: give --synthetic_root (hparam synthetic_root) or --data_dir")
+    return default_root(data_dir)
 
 
 def _drop_cut_line(path):

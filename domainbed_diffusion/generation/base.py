@@ -11,9 +11,9 @@ Sources are any object with ``name``, ``images`` (``SourceImage`` list), ``by_en
 in [0, 1] or None, indices read)``: the generator's dataset folder, or ``in_memory.TensorSources`` for tensors.
 """
 import os
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from functools import cached_property
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Runner:
     min_references = 1  # source images an (env, class) needs before the method can use it
 
     def __init__(self, cfg):
-        self.cfg = cfg  # a namespace of this method's resolved settings (``MethodSpec.config``)
+        self.cfg = cfg  # this method's settings, typed and frozen (``MethodSpec.config``)
 
     @property
     def name(self):
@@ -157,7 +157,7 @@ class Runner:
         name, seed_keys = fit.prefix + name, (*fit.keys, *seed_keys)
         params = dict(self.params() if params is None else params, **fit.params(source_env))
         file = f"{env_folder(self.name, source_env, guide_env)}/{safe_name(class_name)}/{name}.png"
-        tag = getattr(self.cfg, "model_tag", None)
+        tag = self.cfg.model_tag
         if tag:  # one model per test env: each model's images in its own folder ("without-neon/...")
             file = f"{safe_name(tag)}/{file}"
         return Item(file=file, method=self.name, source_env=source_env, class_name=class_name,
@@ -188,10 +188,17 @@ class Runner:
         return [units[i] for i in ok], model.encode_images(pixels.to(model.device))
 
 
+# How a run's hparam twin picks among the images made with several values of an option (``Option.select``):
+# "count", the first N samples of each source (``sample < N``); "value", the images made at that value (a record
+# without the parameter counts as made at it).
+SELECT_RULES = ("count", "value")
+
+
 @dataclass(frozen=True)
 class Option:
-    """A method's setting: a command-line flag of the generator, with its default, and where a run chooses among
-    the images made with several values, its hparam twin (``hparam``; random search: ``search(random_state)``)."""
+    """A method's setting: its generator flag ``--<method>.<name>``, with its default, and where a run chooses among
+    the images made with several values, its hparam twin (``hparam``; random search: ``search(random_state)``) and
+    the rule by which the twin picks them (``select``, one of ``SELECT_RULES``)."""
     name: str
     default: Any
     type: Callable = str
@@ -199,20 +206,44 @@ class Option:
     nargs: Any = None
     hparam: Optional[str] = None
     search: Optional[Callable] = None
+    select: Optional[str] = None
+
+    def __post_init__(self):
+        if self.select not in (None, *SELECT_RULES):
+            raise ValueError(f"Option {self.name}: select={self.select!r}, use one of {SELECT_RULES} or None")
+        if self.select and not self.hparam:
+            raise ValueError(f"Option {self.name}: select={self.select!r} needs the hparam a run chooses with")
+
+    def mask(self, index, value):
+        """The index rows a run whose twin hparam is ``value`` reads (``select``'s rule), or None: all."""
+        if self.select == "count":
+            return np.asarray(index.sample) < int(value)
+        if self.select == "value":
+            column = np.asarray(index.param(self.name), dtype=float)
+            return np.isnan(column) | (np.abs(column - float(value)) < 1e-9)
+        return None
+
+
+# Settings every method's config has, whatever the method: ``(name, type, default)``.
+COMMON_SETTINGS = (("method", str, ""), ("seed", int, 0), ("dataset", str, ""), ("batch_size", int, 32),
+                   ("per_trial", bool, False), ("trial_seeds", tuple, None), ("holdout_fraction", float, None),
+                   ("model_tag", Optional[str], None))
+SAMPLING_SETTINGS = ("steps", "strength", "guidance", "resolution")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A generation method and the DomainBed algorithm that trains on its images: the catalogue's unit."""
+    """A generation method and the DomainBed algorithm that trains on its images: the catalogue's unit.
+
+    The algorithm is a class named ``algorithm`` in ``domainbed_diffusion.algorithms`` (or in the module of the
+    runner, for a method of another package) when it adds behaviour; otherwise ``registration`` derives
+    ``SyntheticERM`` under that name, reading the images its options' twins select."""
     name: str  # the generator's --methods name and the manifests' "method"
     algorithm: str  # the DomainBed algorithm that trains on its images
     runner: type  # its Runner subclass
     sampling: Dict[str, Any]  # steps, strength, guidance, resolution: the paper's
     embedded_sampling: Dict[str, Any]  # the same for the embedded DigitStyles model (32 px)
-    # the algorithm's class, or "module:Class" (imported when DomainBed is); None: ``SyntheticERM`` named
-    # ``algorithm`` (a method whose algorithm adds nothing to reading its images needs no class of its own)
-    algorithm_class: Union[str, type, None] = None
-    synthetic_mode: str = "union"  # how the algorithm mixes real and synthetic images (``SyntheticERM``)
+    synthetic_mode: str = "union"  # how the algorithm mixes real and synthetic images (``training.mixing``)
     per_split: bool = False  # always made per trial (it fits on a split): a run uses only its own trial's images
     hparams: Optional[Callable] = None  # the algorithm's own hyperparameter block (``hparams_registry``)
     options: Tuple[Option, ...] = ()
@@ -222,26 +253,45 @@ class MethodSpec:
     # settings over the defaults on DomainBed's Debug datasets (noise tensors, no files); a callable value is
     # given the training envs' names
     debug: Dict[str, Any] = field(default_factory=dict)
+    # the hparam (False by default) that lets a run read images guided toward its test env: not DG, loudly named
+    test_guides_hparam: Optional[str] = None
+
+    @cached_property
+    def config_class(self):
+        """The frozen dataclass of this method's settings, made once per spec."""
+        names = [k for k in SAMPLING_SETTINGS] + [o.name for o in self.options]
+        names += [k for k in self.fixed if k not in names]
+        settings = list(COMMON_SETTINGS) + [(k, Any, None) for k in names]
+        name = "".join(part.capitalize() for part in self.name.replace("-", "_").split("_")) + "Config"
+        return make_dataclass(name, [(n, t, field(default=d)) for n, t, d in settings], frozen=True)
+
+    def settings(self):
+        """The names of the settings its config has."""
+        return tuple(f.name for f in fields(self.config_class))
 
     def config(self, embedded=False, **given):
-        """The method's settings: ``given`` values (None: not given) over its defaults for the model in use."""
-        cfg = SimpleNamespace(seed=0, dataset="", batch_size=32, per_trial=False, trial_seeds=None,
-                              holdout_fraction=None, method=self.name)
-        defaults = dict(self.embedded_sampling if embedded else self.sampling)
-        defaults.update((o.name, o.default) for o in self.options)
-        for key, value in given.items():
-            setattr(cfg, key, value)
-        for key, value in defaults.items():
-            if getattr(cfg, key, None) is None:
-                setattr(cfg, key, value)
-        for key, value in self.fixed.items():
-            setattr(cfg, key, value)
-        cfg.per_trial = bool(cfg.per_trial) or self.per_split
-        cfg.trial_seeds = list(splits.TRIAL_SEEDS if cfg.trial_seeds is None else cfg.trial_seeds)
-        cfg.holdout_fraction = splits.HOLDOUT_FRACTION if cfg.holdout_fraction is None else cfg.holdout_fraction
-        if isinstance(getattr(cfg, "tolerance", None), list):
-            cfg.tolerance = tuple(cfg.tolerance)
-        return cfg
+        """The method's settings, typed and frozen: ``given`` values (None: not given) over its defaults for the
+        model in use (the embedded model's or the paper's), with its ``fixed`` settings last. A name the method
+        does not have is an error naming the method's settings."""
+        cls = self.config_class
+        unknown = sorted(set(given) - set(self.settings()))
+        if unknown:
+            raise TypeError(f"{self.name}: no setting {', '.join(unknown)}; its settings are "
+                            f"{', '.join(self.settings())}")
+        values = dict(self.embedded_sampling if embedded else self.sampling)
+        values.update((o.name, o.default) for o in self.options)
+        values.update((k, v) for k, v in given.items() if v is not None)
+        values.update(self.fixed)
+        values["method"] = self.name
+        values["per_trial"] = bool(values.get("per_trial")) or self.per_split
+        values["trial_seeds"] = tuple(splits.TRIAL_SEEDS if values.get("trial_seeds") is None
+                                      else values["trial_seeds"])
+        if values.get("holdout_fraction") is None:
+            values["holdout_fraction"] = splits.HOLDOUT_FRACTION
+        for o in self.options:  # options of several values (nargs) are tuples, so a config is hashable
+            if isinstance(values.get(o.name), list):
+                values[o.name] = tuple(values[o.name])
+        return cls(**{k: v for k, v in values.items() if k in self.settings()})
 
     def make(self, cfg):
         return self.runner(cfg)
@@ -254,14 +304,34 @@ class MethodSpec:
         """``{option name: value}`` of the hparam twins in a run's ``hparams``."""
         return {name: o.type(hparams[o.hparam]) for name, o in self.twins().items()}
 
+    def record_filter(self, hparams):
+        """``index -> boolean mask`` of the images a run with ``hparams`` reads, by its twins' ``select`` rules;
+        None when no twin selects."""
+        rules = [(o, hparams[o.hparam]) for o in self.twins().values() if o.select]
+        if not rules:
+            return None
+
+        def where(index):
+            mask = np.ones(len(index), dtype=bool)
+            for option, value in rules:
+                mask &= option.mask(index, value)
+            return mask
+        return where
+
     def debug_settings(self, envs):
         """The settings this method takes on DomainBed's Debug datasets, for training envs ``envs``."""
         return {k: v(envs) if callable(v) else v for k, v in self.debug.items()}
 
 
+
+def config_dict(cfg):
+    """A config as JSON-ready values (what ``generate`` saves beside the manifests)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
 # Options and sampling shared by several methods.
 IMAGES_PER_PAIR = Option("images_per_pair", 1, int, "CDGA: images per (source image, other env)",
-                         hparam="cdga_images_per_pair")
+                         hparam="cdga_images_per_pair", select="count")
 # Sampling: the papers' where they say (ED-SAM: 10 DDIM steps at 256 px; CDGA: SD's img2img defaults at about
 # DomainBed's input size), and small ones for the embedded DigitStyles model, at CDGA's strength for both CDGAs.
 CDGA_SAMPLING = dict(steps=50, strength=0.75, guidance=7.5, resolution=256)

@@ -2,10 +2,9 @@
 on the guide's background, then img2img; see ``methods.cdga``); ``CDGA_IG`` trains as ``CDGA_PG`` does."""
 import torch
 
-from .. import hparams_registry
 from ..methods import cdga
 from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, to_uint8
-from .cdga_pg import CDGAPromptGuided
+from .cdga_pg import SPEC as CDGA_PG, CDGAPromptGuided
 
 
 class CDGAImageGuided(CDGAPromptGuided):
@@ -62,7 +61,7 @@ class CDGAImageGuided(CDGAPromptGuided):
 SPEC = MethodSpec(
     "cdga-ig", "CDGA_IG", CDGAImageGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
     read_against=("Regenerated", "Composite"),
-    algorithm_class="domainbed_diffusion.algorithms:CDGA_IG", synthetic_mode="union", hparams=hparams_registry.cdga,
+    synthetic_mode="union", test_guides_hparam=CDGA_PG.test_guides_hparam,
     options=(IMAGES_PER_PAIR,
              Option("guide_mix", 1.0, float, "CDGA-IG: how much of the transplant onto the guide (0: the source)")),
     per_split=True)

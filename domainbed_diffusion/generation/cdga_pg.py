@@ -4,7 +4,6 @@ import json
 
 import torch
 
-from .. import hparams_registry
 from ..methods import cdga
 from .base import CDGA_SAMPLING, EMBEDDED_IMG2IMG, IMAGES_PER_PAIR, MethodSpec, Option, Runner, stem, to_uint8
 
@@ -54,7 +53,7 @@ class CDGAPromptGuided(Runner):
 SPEC = MethodSpec(
     "cdga-pg", "CDGA_PG", CDGAPromptGuided, CDGA_SAMPLING, EMBEDDED_IMG2IMG,
     read_against=("Regenerated",),
-    algorithm_class="domainbed_diffusion.algorithms:CDGA_PG", synthetic_mode="union", hparams=hparams_registry.cdga,
+    synthetic_mode="union", test_guides_hparam="cdga_star_uses_test_domain",
     options=(IMAGES_PER_PAIR,
              Option("domain_descriptions", None, str, "CDGA-PG: env -> text, a JSON object or file"),
              Option("prompt_template", cdga.PROMPT_TEMPLATE, str, "CDGA-PG prompt template")),

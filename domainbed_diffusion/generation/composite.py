@@ -1,7 +1,6 @@
 """A control, not a method: CDGA-IG's composite without diffusion (the source's foreground on its guide's
 background, ``style.transplant``), for the same pairs and guides as CDGA-IG's, written as they enter its img2img.
 ``Composite`` trains on them as ``CDGA_IG`` does: what CDGA-IG's diffusion adds to its hand-made guide."""
-from .. import hparams_registry
 from ..methods.style import transplant
 from .base import MethodSpec, to_uint8
 from .cdga_ig import SPEC as CDGA_IG, CDGAImageGuided
@@ -26,5 +25,5 @@ class CompositeRunner(CDGAImageGuided):
 
 SPEC = MethodSpec(
     "composite", "Composite", CompositeRunner, CDGA_IG.sampling, CDGA_IG.embedded_sampling,
-    algorithm_class="domainbed_diffusion.algorithms:Composite", synthetic_mode="union",
-    hparams=hparams_registry.cdga, options=CDGA_IG.options, per_split=True, control=True)
+    synthetic_mode="union", test_guides_hparam=CDGA_IG.test_guides_hparam, options=CDGA_IG.options,
+    per_split=True, control=True)

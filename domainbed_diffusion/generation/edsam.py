@@ -42,8 +42,8 @@ class EDSAMRunner(Runner):
 SPEC = MethodSpec(
     "edsam", "EDSAM", EDSAMRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
     read_against=("Regenerated_Balanced",),
-    algorithm_class="domainbed_diffusion.algorithms:EDSAM", synthetic_mode="balanced",
+    synthetic_mode="balanced",
     options=(Option("num_samples", 10, int, "ED-SAM: M samples per image", hparam="edsam_m",
-                    search=lambda r: int(r.choice([3, 5, 10]))),
-             Option("rho", 0.5, float, "ED-SAM: transport distance bound", hparam="edsam_rho")),
+                    search=lambda r: int(r.choice([3, 5, 10])), select="count"),
+             Option("rho", 0.5, float, "ED-SAM: transport distance bound", hparam="edsam_rho", select="value")),
     fixed=dict(strength=1.0))

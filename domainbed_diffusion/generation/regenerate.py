@@ -8,6 +8,7 @@ from .edsam import EDSAMRunner
 SPEC = MethodSpec(
     "regenerate", "Regenerated", EDSAMRunner, INVERSION_SAMPLING, EMBEDDED_INVERSION,
     read_against=("ERM_RealMatched",),
-    algorithm_class="domainbed_diffusion.algorithms:Regenerated", synthetic_mode="union",
-    options=(Option("num_samples", 2, int, "regenerate: samples per image", hparam="regenerations_per_image"),),
+    synthetic_mode="union",
+    options=(Option("num_samples", 2, int, "regenerate: samples per image", hparam="regenerations_per_image",
+                    select="count"),),
     fixed=dict(strength=1.0, rho=0.0), control=True)

@@ -142,6 +142,11 @@ def record_split(env_dataset, validation, training):
     return None
 
 
+def live_contexts():
+    """The contexts of the datasets built in this process and still alive, oldest first."""
+    return [ctx for _, ctx in _live()]
+
+
 def set_run_context(context):
     """Set the context by hand, for building algorithms outside DomainBed's train script (None to unset)."""
     global _explicit

@@ -1,4 +1,5 @@
-"""Training-side data of the generation-based algorithms: synthetic minibatches, pixels <-> network inputs.
+"""Training-side data of the generation-based algorithms: synthetic datasets, pixels <-> network inputs (mixing
+them into minibatches is ``mixing``'s).
 
 Synthetic images reach the network exactly as real ones do: through the env's own transform (DomainBed's
 augmentations included) and DomainBed's ``InfiniteDataLoader``. DomainBed's Debug datasets have no image files,
@@ -79,7 +80,7 @@ def validation_digests(ctx):
     return {i: splits.digest(_relative_paths(ctx, i, ctx.validation_keys(i))) for i in ctx.train_envs}
 
 
-# -- synthetic minibatches ----------------------------------------------------------------------------------
+# -- synthetic datasets -------------------------------------------------------------------------------------
 class SyntheticImages(torch.utils.data.Dataset):
     """Synthetic images of one env (a ``synthetic.Selection``), through that env's transform."""
 
@@ -111,28 +112,6 @@ def synthetic_datasets(ctx, method, hparams, algorithm_name, base_seed, where=No
         return {i: SyntheticImages(items[i], env_transform(ctx, i), method) for i in ctx.train_envs}
     made = in_memory_synthetic(ctx, method, hparams, base_seed)
     return {i: torch.utils.data.TensorDataset(*made[i]) for i in ctx.train_envs}
-
-
-def union_slots(batch_size, share, generator):
-    """How many of a minibatch's slots are synthetic when each is drawn from the union of real and synthetic
-    images: each slot is synthetic with the synthetic share of that union."""
-    return int((torch.rand(batch_size, generator=generator) < share).sum())
-
-
-class SyntheticStream:
-    """Per training env (in DomainBed's minibatch order), an endless stream of synthetic minibatches."""
-
-    def __init__(self, datasets, batch_size, num_workers):
-        from domainbed.lib.fast_data_loader import InfiniteDataLoader
-        self.datasets = datasets
-        # uniform weights: DomainBed's loader then samples with replacement, whatever the dataset's size
-        self.loaders = [iter(InfiniteDataLoader(d, torch.ones(len(d)), batch_size, num_workers)) for d in datasets]
-
-    def __len__(self):
-        return len(self.loaders)
-
-    def next(self):
-        return [next(loader) for loader in self.loaders]
 
 
 def generator_command(ctx, method, hparams, extra=()):
@@ -168,7 +147,7 @@ def synthetic_items(ctx, method, hparams, algorithm_name, where=None, allow_test
 
     Images made per trial are read for this run's own trial only (``synthetic.SyntheticDomains.select``);
     ``per_split``: the method always fits on a split (CDGA-IG, latent-prior), so only those are read."""
-    root = hparams.get("synthetic_root") or synthetic.default_root(ctx.data_dir)
+    root = synthetic.synthetic_root(hparams.get("synthetic_root"), ctx.data_dir)
     domains = synthetic.SyntheticDomains(root, ctx.dataset_name)
     command = generator_command(ctx, method, hparams)
     if not domains.exists(method):

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from . import context, swad, inputs
+from . import context, inputs, mixing, swad
 from ..hparams_registry import SWAD_SUFFIX
 MODES = ("minibatch", "environments")
 _classes = {}
@@ -72,35 +72,27 @@ class WithOptions:
 
 
 class _Extras:
-    """The synthetic images a run of any algorithm asked for, and how its minibatches get them."""
+    """The synthetic images a run of any algorithm asked for, mixed into its minibatches by ``mixing``."""
 
     def __init__(self, ctx, hparams, name):
         self.mode = hparams.get("synthetic_as", "minibatch")
         if self.mode not in MODES:
             raise ValueError(f"hparam synthetic_as={self.mode!r}: use one of {MODES}")
         base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())  # DomainBed seeds torch before the algorithm
-        self.generator = torch.Generator().manual_seed(base_seed)
+        generator = torch.Generator().manual_seed(base_seed)
         made = {m: inputs.synthetic_datasets(ctx, m, hparams, f"{name} (synthetic_methods)", base_seed)
                 for m in methods_of(hparams)}
         batch, workers = hparams["batch_size"], getattr(ctx.dataset, "N_WORKERS", 0)
         if self.mode == "minibatch":  # per training env: the union of every named method's images of it
-            per_env = [torch.utils.data.ConcatDataset([made[m][i] for m in made]) for i in ctx.train_envs]
-            self.shares = [len(d) / (len(d) + len(ctx.training_split(i))) for d, i in zip(per_env, ctx.train_envs)]
-            self.stream = inputs.SyntheticStream(per_env, batch, workers)
+            streams = [torch.utils.data.ConcatDataset([made[m][i] for m in made]) for i in ctx.train_envs]
+            self.mixer = mixing.Mixer(streams, [len(ctx.training_split(i)) for i in ctx.train_envs], batch, workers,
+                                      "union", generator)
         else:  # per method: one environment of its images, every training env's sources together
-            self.stream = inputs.SyntheticStream(
-                [torch.utils.data.ConcatDataset([made[m][i] for i in ctx.train_envs]) for m in made], batch, workers)
+            streams = [torch.utils.data.ConcatDataset([made[m][i] for i in ctx.train_envs]) for m in made]
+            self.mixer = mixing.Mixer(streams, (), batch, workers, "environments", generator)
 
     def minibatches(self, minibatches):
-        synthetic = self.stream.next()
-        device = minibatches[0][0].device
-        if self.mode == "environments":
-            return list(minibatches) + [(x.to(device), y.to(device)) for x, y in synthetic]
-        out = []
-        for (x, y), (sx, sy), share in zip(minibatches, synthetic, self.shares):
-            k = inputs.union_slots(len(x), share, self.generator)
-            out.append((torch.cat([x[:len(x) - k], sx[:k].to(device)]), torch.cat([y[:len(y) - k], sy[:k].to(device)])))
-        return out
+        return [(x, y) for x, y, _ in self.mixer.mix(minibatches)]
 
 
 class _SWADState:

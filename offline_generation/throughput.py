@@ -1,8 +1,8 @@
 """Throughput benchmark: the generator and DomainFusion's step on Stable Diffusion v1.x's architecture.
 
-    python -m offline_generation benchmark --device cuda --dtype bfloat16 [--compile] [--out bench.json]
-    python -m offline_generation benchmark --tiny --device cpu        # the smoke test CI runs
-    python -m offline_generation benchmark --model embedded --device cpu --methods cdga-pg@32 --df_steps 0
+    python -m offline_generation throughput --device cuda --dtype bfloat16 [--compile] [--out bench.json]
+    python -m offline_generation throughput --tiny --device cpu        # the smoke test CI runs
+    python -m offline_generation throughput --model embedded --device cpu --methods cdga-pg@32 --df_steps 0
 
 Builds UNet2DConditionModel, AutoencoderKL and the CLIP text encoder at SD v1-4's configs with random weights
 (speed does not depend on the weights; nothing is downloaded), then measures in one process:
@@ -165,9 +165,11 @@ def generator_throughput(model, method, cfg, root, device):
 def method_cfg(method, resolution, args):
     """The method's own defaults, at ``resolution``; latent-prior at a fixed bandwidth (no search) and few
     tries, so the benchmark times generation, not the bandwidth estimate."""
-    return catalogue.spec(method).config(args.small, resolution=resolution, dataset="Bench", batch_size=args.batch_size,
-                                domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}),
-                                num_samples=args.edsam_m, bandwidth=0.0, max_tries=5)
+    own = dict(domain_descriptions=json.dumps({"a": "art painting", "b": "sketch drawing"}), bandwidth=0.0,
+               max_tries=5, num_samples=args.edsam_m if method == "edsam" else None)
+    spec = catalogue.spec(method)
+    return spec.config(args.small, resolution=resolution, dataset="Bench", batch_size=args.batch_size,
+                       **{k: v for k, v in own.items() if k in spec.settings()})
 
 
 def domainfusion_step_cost(args, device):
@@ -217,7 +219,7 @@ def domainfusion_step_cost(args, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m offline_generation benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m offline_generation throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (a CPU smoke test), not SD v1-4's")

@@ -1,5 +1,5 @@
 """The throughput benchmark's CPU smoke test (tiny configs): every workload runs and is reported."""
-from offline_generation.benchmark import main, per_image_flops
+from offline_generation.throughput import main, per_image_flops
 from types import SimpleNamespace
 
 
