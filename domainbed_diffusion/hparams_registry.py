@@ -47,6 +47,10 @@ def extend(hparams, algorithm, dataset, random_seed, entry=None, swad_on=False):
         # every algorithm starts from the featurizer pretrained on styles outside the benchmark (``pretrained``)
         hp.define("pretrained_featurizer", EMBEDDED, lambda r: EMBEDDED)
         hp.define("channels_last", True, lambda r: True)  # CPU speed only (``networks``)
+        # CPU speed: bfloat16 convolutions (``networks``; their effect on accuracy: docs/performance.md), and no
+        # forward passes for the training splits' accuracies, which no selection method reads (``evaluation``)
+        hp.define("autocast", "bfloat16", lambda r: "bfloat16")
+        hp.define("eval_training_splits", False, lambda r: False)
     reads = entry.reads_spec() if entry is not None else None
     if reads is not None:  # it trains on a generation method's images
         synthetic(hp, dataset, entry.mode)

@@ -3,7 +3,7 @@ never saw the test style, on fresh trials that each draw their own synthetic ima
 
     python sweeps/study.py [--data_dir data] [--output_dir outputs/study] [--lanes N]
     python sweeps/study.py --status                  # runs finished per row, no accuracy
-    python sweeps/study.py --tables_from sweeps/results/digitstyles_study_runs.json
+    python sweeps/study.py --tables_from sweeps/results/digitstyles_study_runs.json [--headline]
 
 1. writes DigitStyles (as the main job);
 2. generates every row's synthetic images with the per-test-env embedded models, one draw per trial
@@ -87,6 +87,20 @@ def text(table, title, exploratory=False):
     return "\n".join(lines)
 
 
+def headline(table):
+    """The README's narrow view of the primary analysis: each row's Avg, its difference with ERM and the verdict,
+    its cost; then the secondary family's readings."""
+    header, rows = results.tables.cells(table, "ERM")
+    keep = [header.index(k) for k in ("Algorithm", "Avg", "vs ERM [95% CI]", "equivalence", "x ERM")]
+    lines = [[r[k] for k in keep] for r in [header] + rows]
+    lines[0][3] = "verdict"
+    widths = [max(len(r[k]) for r in lines) for k in range(len(keep))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
+    out.append("Each method against its control (secondary family):")
+    out += results.tables.contrast_lines([c for c in table["comparisons"] if c["family"] == "secondary"])
+    return "\n".join(out)
+
+
 def tables(tidy, folder, title):
     """The protocol's tables (training-domain validation, then the oracle's, exploratory), the forest plot and the
     per-run file under ``folder``; returns the text."""
@@ -108,12 +122,16 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="the stages on a few images and one short trial")
     parser.add_argument("--lanes", type=int, default=None, help="parallel runs and generation workers")
     parser.add_argument("--status", action="store_true", help="print the runs finished per row and stop")
+    parser.add_argument("--headline", action="store_true", help="with --tables_from: the README's narrow table")
     parser.add_argument("--tables_from", default=None, metavar="RUNS_JSON",
                         help="recompute the study's tables from a per-run file alone")
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke else "study"]
     out = os.path.abspath(args.output_dir or os.path.join(REPO, "outputs", "study-smoke" if args.smoke else "study"))
     sweep_dir = os.path.join(out, "sweep")
+    if args.tables_from and args.headline:
+        print(headline(analyse(results.read_tidy(args.tables_from), "training")))
+        return 0
     if args.tables_from:
         print(tables(results.read_tidy(args.tables_from), out, profile["title"]))
         return 0

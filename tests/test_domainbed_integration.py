@@ -614,7 +614,7 @@ def test_every_algorithm_starts_from_the_pretrained_featurizer_and_miro_uses_it_
 def test_channels_last_featurizer_computes_what_the_default_layout_computes():
     """The hparam changes the memory layout of every algorithm's featurizer, not its arithmetic."""
     from domainbed import networks
-    hparams = hparams_registry.default_hparams("ERM", "DigitStyles")
+    hparams = dict(hparams_registry.default_hparams("ERM", "DigitStyles"), autocast="")  # the layout alone
     assert hparams["channels_last"] is True
     fast = networks.Featurizer((3, 28, 28), hparams)
     plain = networks.Featurizer((3, 28, 28), dict(hparams, channels_last=False))

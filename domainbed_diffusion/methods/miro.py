@@ -37,7 +37,7 @@ class FeatureHooks:
 
     def _hook(self, module, inputs, output):
         if self._recording:
-            self.features.append(output)
+            self.features.append(output.float())  # the penalty in float32, also under autocast
 
     def clear(self):
         self.features = []
