@@ -150,7 +150,7 @@ class DomainFusion(ERM):
         self.run_context = ctx
         self.train_envs = ctx.train_envs
         self.mapping = inputs.PixelMapping(inputs.env_transform(ctx, ctx.train_envs[0]), input_shape)
-        self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping)
+        self.pool = domainfusion.SyntheticPool(ctx, hparams["image_size"], self.mapping, hparams["spill_dir"] or None)
         self.prompts = [hparams["class_prompt"].format(cdga.class_text(c)) for c in ctx.class_names]
         self.base_seed = int(torch.randint(2 ** 31 - 1, (1,)).item())
         self._generator = torch.Generator().manual_seed(self.base_seed)
@@ -163,6 +163,9 @@ class DomainFusion(ERM):
         self.pool.cycle(self.base_seed)
         self.refresh_count = math.ceil(len(self.pool) * hparams["refresh_every"] / hparams["turnover_steps"])
         self.scheduler = lr_schedule(self.optimizer, hparams["lr_schedule"], ctx.total_steps)
+        per_refresh = self.refresh_count if hparams["refresh_order"] == "cycle" else hparams["batch_size"] * len(
+            self.train_envs)
+        self.pool.check_disk(math.ceil((ctx.total_steps or 0) / hparams["refresh_every"]) * per_refresh)
 
     def diffusion(self, device):
         if self._diffusion is None:
@@ -183,8 +186,8 @@ class DomainFusion(ERM):
         shape = (model.vae.config.latent_channels, size // model.vae_scale_factor, size // model.vae_scale_factor)
         noise = torch.randn((len(x), *shape), generator=self._generator).to(model.device, model.dtype)
         return gsd.gsd_loss(model, self.mapping.to_pixels(x, (size, size)), confidence,
-                            [self.prompts[int(c)] for c in y], t, noise, self.hparams["gsd_weighting"],
-                            self.hparams["gsd_guidance_scale"])
+                            [self.prompts[c] for c in y.tolist()], t, noise, self.hparams["gsd_weighting"],
+                            self.hparams["gsd_guidance_scale"], chunk=self.hparams["diffusion_chunk"])
 
     def update(self, minibatches, unlabeled=None):
         hp = self.hparams

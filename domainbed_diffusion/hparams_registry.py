@@ -150,6 +150,9 @@ def domainfusion(hp, dataset):
     hp.define("lambda_gsd", 1e-3, lambda r: float(10 ** r.uniform(-4, -2)))
     # On a CPU the UNet's jvp and the img2img refresh dominate the step: both run less often there.
     hp.define("gsd_every", 2 if cpu else 1, lambda r: 2 if cpu else 1)
+    # images per diffusion call in GSD's derivative and the refresh: bounds their memory (docs/performance.md)
+    chunk = 64 if cpu else 16
+    hp.define("diffusion_chunk", chunk, lambda r: chunk)
     hp.define("gsd_t_min", 0.02, lambda r: 0.02)
     hp.define("gsd_t_max", 0.98, lambda r: 0.98)
     hp.define("gsd_weighting", "sds", lambda r: "sds")
@@ -166,6 +169,8 @@ def domainfusion(hp, dataset):
     hp.define("img2img_strength", 0.6 if cpu else 0.8, lambda r: float(r.uniform(0.4, 0.8)))
     hp.define("guidance_scale", 3.0 if cpu else 7.5, lambda r: 3.0 if cpu else 7.5)
     hp.define("lr_schedule", "cosine", lambda r: "cosine")
+    # where the refreshed images are kept (a file of up to tens of GB on DomainNet): "" is the run's output folder
+    hp.define("spill_dir", "", lambda r: "")
     if fusion_batch_size(dataset):
         hp.redefine("batch_size", fusion_batch_size(dataset))
 

@@ -173,7 +173,10 @@ def _networks(module):
 
 
 def _command_launchers(module):
-    from .launchers import REGISTRY
+    from .launchers import REGISTRY, with_this_python
+    for name in ("local", "multi_gpu"):  # DomainBed's: their jobs' bare ``python`` becomes this interpreter
+        if name in module.REGISTRY:
+            module.REGISTRY[name] = with_this_python(module.REGISTRY[name])
     for name, launcher in REGISTRY.items():
         module.REGISTRY.setdefault(name, launcher)
 

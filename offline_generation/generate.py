@@ -224,10 +224,9 @@ def run(job, stream=None):
             for method, (cfg, runner, batches) in plans.items():
                 describe_plan(folder, method, batches, cfg, stream, out_root)
         return {}
+    start_shard(out_root, job, num_shards, shard_id)
     from domainbed_diffusion.diffusion import LatentDiffusion, loading
-    device = job.device
-    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun / accelerate: one GPU per process
+    device = loading.resolve_device(job.device)  # torchrun / accelerate: this rank's own GPU
     made = {}
     for generator, plans in jobs:
         model_folder = loading.resolve_model(generator.model)  # resolved once: its card checked, then loaded
@@ -241,14 +240,45 @@ def run(job, stream=None):
         for method, (cfg, runner, batches) in plans.items():
             save_config(out_root, cfg)
             made[method] = made.get(method, 0) + run_method(model, folder, method, runner, batches, out_root,
-                                                            num_shards, shard_id, stream, seen)
+                                                            num_shards, shard_id, stream, seen, index=False)
+    for method in job.methods:
+        index_when_last(out_root, method, num_shards, shard_id, stream)
     return made
 
 
+def shard_marker(out_root, method, shard_id, num_shards):
+    return os.path.join(out_root, "logs", f"done.{method}.shard-{shard_id:05d}-of-{num_shards:05d}")
+
+
+def start_shard(out_root, job, num_shards, shard_id):
+    """This shard's markers of an earlier run removed: they say it finished, and it has not yet."""
+    for method in job.methods:
+        marker = shard_marker(out_root, method, shard_id, num_shards)
+        if os.path.exists(marker):
+            os.remove(marker)
+
+
+def index_when_last(out_root, method, num_shards, shard_id, stream=None):
+    """Mark this shard of ``method`` done; the shard that finds every shard done builds the index, once, on
+    complete manifests (torchrun's and SLURM's shards finish at different times: each building its own would
+    cost DomainNet's 3 GB and two minutes per shard, on manifests others are still writing)."""
+    if not manifest_paths(out_root, method):
+        return
+    marker = shard_marker(out_root, method, shard_id, num_shards)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    open(marker, "w").close()
+    pending = [k for k in range(num_shards) if not os.path.exists(shard_marker(out_root, method, k, num_shards))]
+    if pending:
+        print(f"{method}: the index is built by the last shard to finish ({len(pending)} still running)",
+              file=stream)
+        return
+    build_index(out_root, method)
+
+
 def run_method(model, folder, method, runner, batches, out_root, num_shards, shard_id, stream=None,
-               model_trained_on=None):
-    """Make the images of ``batches`` (re-iterable: a list or a ``Plan``) that are not done yet, then index the
-    method's manifests so that runs start from the index."""
+               model_trained_on=None, index=True):
+    """Make the images of ``batches`` (re-iterable: a list or a ``Plan``) that are not done yet, then (``index``)
+    index the method's manifests so that runs start from the index."""
     os.makedirs(out_root, exist_ok=True)
     recorded = RecordedFiles(out_root, method)
     total = sum(u.size for b in batches for u in b)  # a first pass over the streamed plan, for the progress bar
@@ -295,7 +325,8 @@ def run_method(model, folder, method, runner, batches, out_root, num_shards, sha
     print(f"{method}: made {made} images in {elapsed:.1f}s ({rate:.2f} images/s); {already} were already done"
           + (f"; {skipped} skipped (reasons in {skips_name(method, shard_id, num_shards)})" if skipped else "")
           + f"; output {out_root}", file=stream)
-    build_index(out_root, method)
+    if index:
+        build_index(out_root, method)
     if infos:  # per-unit details (latent-prior's bandwidths and acceptance rates): a log, not the console
         details = os.path.join(out_root, "logs", f"{method}.shard-{shard_id + 1:05d}-of-{num_shards:05d}.details.log")
         os.makedirs(os.path.dirname(details), exist_ok=True)

@@ -172,15 +172,13 @@ def method_cfg(method, resolution, args):
                        **{k: v for k, v in own.items() if k in spec.settings()})
 
 
-def domainfusion_step_cost(args, device):
-    """Per-step seconds of ERM, DomainFusion without GSD and with GSD on the same batch and backbone."""
+def domainbed_step(algorithm, args, device, change=None):
+    """An ``algorithm`` built as DomainBed builds it for a PACS-sized batch (``args.small``: Debug28's) with random
+    weights, and its minibatches; None when DomainBed is not importable."""
     import importlib.util
     if importlib.util.find_spec("domainbed") is None:
-        return {"skipped": "DomainBed is not importable"}
+        return None
     import torchvision
-    pretrained_resnet50 = torchvision.models.resnet50
-    # DomainBed asks for ImageNet weights; speed does not depend on them and nothing is downloaded here
-    torchvision.models.resnet50 = lambda *a, **k: pretrained_resnet50(weights=None)
     from domainbed import algorithms, datasets, hparams_registry
 
     import domainbed_diffusion
@@ -188,31 +186,62 @@ def domainfusion_step_cost(args, device):
     domainbed_diffusion.register()
     dataset_name, hparams_dataset = ("Debug28", "Debug28") if args.small else ("Debug224", "PACS")
     dataset = datasets.get_dataset_class(dataset_name)("", [], {})
-    ctx = context.current()
     envs = len(dataset)
+    hp = hparams_registry.default_hparams(algorithm, hparams_dataset)
+    hp.update(resnet50_augmix=False, batch_size=4 if args.small else 16, **(change or {}))
+    if algorithm == "DomainFusion":
+        hp.update(diffusion_model=args.model_dir, diffusion_dtype=args.dtype)
+        if args.refresh_every:
+            hp.update(refresh_every=args.refresh_every)
+    context.set_run_context(context.current())
+    x = torch.randn(envs, hp["batch_size"], *dataset.input_shape, device=device)
+    y = torch.randint(0, dataset.num_classes, (envs, hp["batch_size"]), device=device)
+    pretrained_resnet50 = torchvision.models.resnet50
+    # DomainBed asks for ImageNet weights; speed does not depend on them and nothing is downloaded here
+    torchvision.models.resnet50 = lambda *a, **k: pretrained_resnet50(weights=None)
+    try:
+        model = algorithms.get_algorithm_class(algorithm)(dataset.input_shape, dataset.num_classes, envs, hp)
+    finally:
+        torchvision.models.resnet50 = pretrained_resnet50
+    return model.to(device), [(x[i], y[i]) for i in range(envs)], hp
+
+
+def refresh_window(hparams, steps):
+    """``steps`` rounded up to whole refresh periods: a timed window that holds the refreshes a run pays, at the
+    frequency it pays them."""
+    return -(-steps // hparams["refresh_every"]) * hparams["refresh_every"]
+
+
+def timed_steps(model, minibatches, steps, device):
+    """Seconds per step over ``steps`` updates, and how many of them refreshed DomainFusion's set."""
+    _sync(device)
+    start = time.perf_counter()
+    refreshed = sum("refreshed" in (model.update(minibatches) or {}) for _ in range(steps))
+    _sync(device)
+    return (time.perf_counter() - start) / steps, refreshed
+
+
+def domainfusion_step_cost(args, device):
+    """Per-step seconds of ERM, DomainFusion without GSD and with GSD on the same batch and backbone; DomainFusion
+    over whole refresh periods at the registry's frequency (``args.refresh_every`` over it)."""
     out = {}
     for name, algorithm, change in [("ERM", "ERM", {}), ("DomainFusion w/o GSD", "DomainFusion", {"lambda_gsd": 0.0}),
                                     ("DomainFusion", "DomainFusion", {})]:
-        hp = hparams_registry.default_hparams(algorithm, hparams_dataset)
-        hp.update(resnet50_augmix=False, batch_size=4 if args.small else 16, **change)
+        built = domainbed_step(algorithm, args, device, change)
+        if built is None:
+            return {"skipped": "DomainBed is not importable"}
+        model, minibatches, hp = built
+        steps = args.df_steps
         if algorithm == "DomainFusion":
-            hp.update(diffusion_model=args.model_dir, diffusion_dtype=args.dtype, refresh_every=args.refresh_every)
-        context.set_run_context(ctx)
-        x = torch.randn(envs, hp["batch_size"], *dataset.input_shape, device=device)
-        y = torch.randint(0, dataset.num_classes, (envs, hp["batch_size"]), device=device)
-        minibatches = [(x[i], y[i]) for i in range(envs)]
-        model = algorithms.get_algorithm_class(algorithm)(dataset.input_shape, dataset.num_classes, envs, hp).to(device)
+            steps = refresh_window(hp, args.df_steps)
+            out["refresh_every"], out["window"] = hp["refresh_every"], steps
         for _ in range(2):
             model.update(minibatches)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.df_steps):
-            model.update(minibatches)
-        _sync(device)
-        out[name] = (time.perf_counter() - start) / args.df_steps
-        out["batch"] = envs * hp["batch_size"]
+        out[name], refreshed = timed_steps(model, minibatches, steps, device)
+        if name == "DomainFusion":
+            out["refreshes_in_window"] = refreshed
+        out["batch"] = len(minibatches) * hp["batch_size"]
         del model
-    torchvision.models.resnet50 = pretrained_resnet50
     out["GSD overhead"] = out["DomainFusion"] / out["DomainFusion w/o GSD"] - 1
     out["DomainFusion / ERM"] = out["DomainFusion"] / out["ERM"]
     return out
@@ -232,8 +261,10 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no_channels_last", action="store_true")
     parser.add_argument("--methods", nargs="+", default=["cdga-pg@320", "cdga-pg@256", "edsam@256", "latent-prior@256"])
-    parser.add_argument("--df_steps", type=int, default=5, help="timed DomainFusion steps (0: skip)")
-    parser.add_argument("--refresh_every", type=int, default=10)
+    parser.add_argument("--df_steps", type=int, default=5, help="timed DomainFusion steps, rounded up to whole "
+                                                                 "refresh periods (0: skip)")
+    parser.add_argument("--refresh_every", type=int, default=None,
+                        help="DomainFusion's refresh period (default: the registry's for the dataset, 1 on PACS)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="dense bf16 peak of the device")
     parser.add_argument("--out", default=None, help="write the results as JSON")
     args = parser.parse_args(argv)

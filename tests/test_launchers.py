@@ -30,7 +30,8 @@ def test_cpu_parallel_counts_failures_and_runs_every_command(tmp_path, monkeypat
     lines = stream.getvalue().splitlines()
     assert lines[-1].startswith("[cpu_parallel] 5/5 runs finished (2 failed)")
     assert sum("a run failed (exit status 3)" in line for line in lines) == 2
-    assert cpu_parallel._this_python("python -c 1").startswith(sys.executable)
+    from domainbed_diffusion.launchers import this_python
+    assert this_python("python -c 1").startswith(sys.executable)
     assert cpu_parallel._run_folder("python -m domainbed.scripts.train --output_dir '/a b/c' --seed 1") == "/a b/c"
     quiet = io.StringIO()  # a progress line every tenth of the runs, not one per run
     assert cpu_parallel.launcher(["python -c 1"] * 30, lanes=2, stream=quiet) == 0

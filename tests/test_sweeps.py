@@ -303,3 +303,34 @@ def test_the_studys_registered_readings_are_the_catalogues():
     study = load("study")
     assert set(study.SECONDARY) <= set(catalogue.readings())
     assert set(study.ROWS) <= {"ERM", *catalogue.algorithms(controls=True)}
+
+
+def test_papers_commands_pass_the_settings_the_cost_table_assumes():
+    """The cost table (``papers.py --cost``) assumes bf16 generation on the compiled channels-last path and
+    DomainFusion's model in bf16: those are the settings the printed commands pass."""
+    papers = load("papers")
+    args = type("Args", (), dict(dataset="PACS", data_dir="/d", output_dir="/o", launcher="multi_gpu", gpus=8,
+                                 n_hparams=1))()
+    gen, sweep, _ = papers.commands(args)
+    for command in gen:
+        assert command[command.index("--dtype") + 1] == "bfloat16" and "--compile" in command
+        assert "--channels_last" in command
+    assert json.loads(sweep[sweep.index("--hparams") + 1])["diffusion_dtype"] == "bfloat16"
+
+
+@needs_domainbed
+def test_domainfusion_cost_counts_gsd_and_the_refresh_at_the_registrys_settings():
+    """FLOPs per step from one UNet call's, one encode's, its derivative's and one decode's (given here), at the
+    registry's PACS hparams: 48 real images, GSD each step, each drawn image refreshed each step by 2 candidates of
+    40 guided denoising steps (50 at strength 0.8, guidance 7.5)."""
+    from offline_generation import cost
+    hp = cost.domainfusion_hparams("PACS", {"diffusion_dtype": "bfloat16"})
+    flops = dict(unet=10.0, encode=3.0, decode=5.0, encode_jvp=7.0)
+    resnet = dict(forward=1.0, train=3.0)
+    parts, erm = cost.domainfusion_step("PACS", hp, flops, resnet)
+    assert hp["batch_size"] == 16 and hp["refresh_every"] == 1 and hp["n_candidates"] == 2
+    assert parts["GSD"] == 48 * (7 + 10)
+    assert parts["refresh"] == 48 * (3 + 2 * (2 * 40 * 10 + 5) + 3 * 1)
+    assert parts["classifier (real + synthetic)"] == 2 * 48 * 3 and erm == 48 * 3
+    parts5, _ = cost.domainfusion_step("PACS", dict(hp, refresh_every=5), flops, resnet)
+    assert parts5["refresh"] == parts["refresh"] / 5

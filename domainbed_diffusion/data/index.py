@@ -164,6 +164,7 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
     digest, parts = signature(paths)
     final = index_dir(dataset_root, method, digest)
     if os.path.isfile(os.path.join(final, "meta.json")):
+        _remove_older(dataset_root, method, final, parts)
         return final
     envs, classes, images, models = _Vocab(), _Vocab(), _Vocab(), _Vocab()
     model_trained_on = {}
@@ -230,10 +231,31 @@ def build(dataset_root, method, verify=True, required=REQUIRED):
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isfile(os.path.join(final, "meta.json")):
             raise
-    for stale in glob.glob(os.path.join(dataset_root, f"index.{method}.*")):
-        if stale != final and not stale.endswith(".tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+    _remove_older(dataset_root, method, final, parts)
     return final
+
+
+def _remove_older(dataset_root, method, final, parts):
+    """Delete the method's other indexes that are older than the manifests ``parts`` describe."""
+    for stale in glob.glob(os.path.join(dataset_root, f"index.{method}.*")):
+        if stale != final and not stale.endswith(".tmp") and _older(stale, parts):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _older(folder, parts):
+    """Whether the index in ``folder`` was built from manifests no longer than ``parts`` (names and sizes): only
+    those are stale next to this one. An index of longer manifests (built meanwhile by a shard that finished
+    later) is newer, and is kept; so are folders whose meta cannot be read (still being renamed into place). A
+    manifest removed from disk makes its indexes stale."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            theirs = {name: size for name, size in json.load(f)["manifests"]}
+    except (OSError, ValueError, KeyError):
+        return False
+    ours = {name: size for name, size in parts}
+    root = os.path.dirname(folder)
+    return all(size <= ours[name] if name in ours else not os.path.exists(os.path.join(root, name))
+               for name, size in theirs.items())
 
 
 def _trained_on(record, model):

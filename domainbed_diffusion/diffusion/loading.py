@@ -97,29 +97,66 @@ def resolve_dtype(dtype, device):
         resolved = names[dtype]
     else:
         raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    if resolved == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bfloat16 was asked but {torch.cuda.get_device_name(device)} has no bfloat16 support "
+                         f"(it needs an Ampere or newer GPU): use --dtype float16")
     return resolved
 
 
 def resolve_device(device=None):
+    """``auto``: CUDA if there is a GPU, else the CPU. Under torchrun or accelerate (``LOCAL_RANK`` set), ``auto``
+    and a bare ``cuda`` mean this process's own GPU, ``cuda:<LOCAL_RANK>``: every rank on ``cuda:0`` would share
+    one GPU and leave the others idle."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} was asked but no CUDA GPU is available: use --device cpu")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 
+# The weight files' names of each component (diffusers' and transformers' conventions), before any variant
+WEIGHTS = {"unet": ("diffusion_pytorch_model",), "vae": ("diffusion_pytorch_model",),
+           "text_encoder": ("model", "pytorch_model")}
+_WEIGHT_FILE = re.compile(r"^(?P<base>[a-z_]+)(?:\.(?P<variant>[A-Za-z0-9]+))?(?:-\d+-of-\d+)?"
+                          r"\.(?:safetensors|bin)(?:\.index(?:\.[A-Za-z0-9]+)?\.json)?$")
+
+
+def weights_variant(folder, component):
+    """The variant of a component's weights to load: None for the plain files, else the one variant present
+    (``fp16`` first: caches made with ``variant="fp16"`` hold only those); an error naming the folder when it
+    holds no weights at all."""
+    path = os.path.join(folder, component)
+    found = {}
+    for name in sorted(os.listdir(path)):
+        m = _WEIGHT_FILE.match(name)
+        if m and m["base"] in WEIGHTS[component]:
+            found.setdefault(m["variant"], []).append(name)
+    if None in found:
+        return None
+    if found:
+        return "fp16" if "fp16" in found else sorted(found)[0]
+    raise CheckpointError(f"{path} holds no weights ({' or '.join(b + '[.<variant>].safetensors' for b in WEIGHTS[component])}"
+                          f"; it has {', '.join(sorted(os.listdir(path))) or 'nothing'}): the checkpoint is "
+                          f"incomplete; copy the component's weights there, or pass another checkpoint.")
+
+
 def load_components(folder, dtype=torch.float32):
-    """The five Stable Diffusion components of a validated folder; the safety checker is never loaded."""
+    """The five Stable Diffusion components of a validated folder (the plain weights, else a variant such as
+    ``fp16`` when only that is there); the safety checker is never loaded."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as transformers_logging
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar per model load tells a user nothing
-    kwargs = dict(local_files_only=True, torch_dtype=dtype)
+
+    def kwargs(component):
+        return dict(local_files_only=True, torch_dtype=dtype, variant=weights_variant(folder, component))
     return dict(
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kwargs("unet")),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", **kwargs("vae")),
+        text_encoder=CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kwargs("text_encoder")),
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
         scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
     )

@@ -50,8 +50,10 @@ class FixedBatchUNet:
                 x, t, c = (torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for v in (x, t, c))
             # one memory layout for every call: dynamo guards on strides
             x = x.contiguous(memory_format=self.memory_format)
-            outs.append(self.compiled(x, t.contiguous(), encoder_hidden_states=c.contiguous(), **kwargs).sample[
-                :self.size - short])
+            out = self.compiled(x, t.contiguous(), encoder_hidden_states=c.contiguous(), **kwargs).sample
+            # copied out: under CUDA graphs (max-autotune) every call returns the same static buffer, so the next
+            # slice's call would overwrite this one's (guidance's unconditional half by its conditional half)
+            outs.append(out[:self.size - short].clone())
         return SimpleNamespace(sample=torch.cat(outs))
 
 

@@ -175,6 +175,11 @@ class Runner:
     def images_per_source(cfg):
         return 1
 
+    @classmethod
+    def outputs_per_source(cls, cfg, n_envs):
+        """Images the method makes from each source image of a dataset with ``n_envs`` envs (every env a source)."""
+        return cls.images_per_source(cfg)
+
     @staticmethod
     def flops(cfg, unet, encode, decode):
         """UNet + VAE FLOPs of one output image, from one UNet call's and one encode's and decode's."""

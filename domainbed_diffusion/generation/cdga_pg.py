@@ -35,7 +35,8 @@ class CDGAPromptGuided(Runner):
         if not units:
             return []
         items = [item for u in units for item in u.items]
-        latents = latents.repeat_interleave(torch.tensor([u.size for u in units], device=latents.device), 0)
+        sizes = [u.size for u in units]  # the output size given: no read back from the GPU (a host sync)
+        latents = latents.repeat_interleave(torch.tensor(sizes, device=latents.device), 0, output_size=sum(sizes))
         items, images = self.make(model, latents, items, sources, report)
         return list(zip(items, to_uint8(images)))
 
@@ -43,6 +44,10 @@ class CDGAPromptGuided(Runner):
         c = self.cfg
         return items, cdga.prompt_guided(model, latents, [it.prompt for it in items], [it.seed for it in items],
                                          c.strength, c.steps, c.guidance)
+
+    @staticmethod
+    def outputs_per_source(cfg, n_envs):
+        return cfg.images_per_pair * (n_envs - 1)  # toward every other env
 
     @staticmethod
     def flops(cfg, unet, encode, decode):

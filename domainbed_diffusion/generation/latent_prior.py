@@ -102,6 +102,10 @@ class LatentPriorRunner(Runner):
         return list(zip(items, to_uint8(samples.images)))
 
     @staticmethod
+    def outputs_per_source(cfg, n_envs):
+        return cfg.samples_per_image  # per reference image of its (env, class) prior
+
+    @staticmethod
     def flops(cfg, unet, encode, decode):
         mix = max(1, round(cfg.mix_fraction * cfg.steps))
         guided = 2 if cfg.guidance > 1 else 1

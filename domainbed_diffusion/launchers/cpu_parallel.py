@@ -8,17 +8,12 @@ import subprocess
 import sys
 import time
 
-from . import train_server
+from . import this_python, train_server
 
 
 def default_lanes():
     """Parallel runs: DOMAINBED_DIFFUSION_LANES, else two (or the cores, if fewer)."""
     return max(1, int(os.environ.get("DOMAINBED_DIFFUSION_LANES", min(2, os.cpu_count() or 1))))
-
-
-def _this_python(command):
-    """DomainBed's jobs start with a bare ``python``: run them with this interpreter (same machine)."""
-    return shlex.quote(sys.executable) + command[len("python"):] if command.startswith("python ") else command
 
 
 def _generates_online(arguments):
@@ -66,7 +61,7 @@ def launcher(commands, lanes=None, stream=None):
         if arguments is not None:
             proc = server.submit(arguments)
         else:
-            proc = subprocess.Popen(_this_python(command), shell=True, env=env,
+            proc = subprocess.Popen(this_python(command), shell=True, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         folders[id(proc)] = _run_folder(command)
         return proc, online

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import List
 
+from . import this_python
+
 
 @dataclass
 class SlurmConfig:
@@ -75,8 +77,8 @@ def write_slurm_array(commands, config=None):
     os.makedirs(os.path.join(config.dir, "logs"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     commands_file = os.path.abspath(os.path.join(config.dir, f"{config.job_name}-{stamp}.commands"))
-    with open(commands_file, "w") as f:
-        f.write("\n".join(c.replace("\n", " ") for c in commands) + "\n")
+    with open(commands_file, "w") as f:  # this interpreter, not the compute node's first python on PATH
+        f.write("\n".join(this_python(c).replace("\n", " ") for c in commands) + "\n")
     script = os.path.join(config.dir, f"{config.job_name}-{stamp}.sbatch")
     with open(script, "w") as f:
         f.write(slurm_array_script(commands, config, commands_file))

@@ -11,6 +11,7 @@ refreshes (a DomainNet run refreshes tens of thousands of 300 KB images).
 """
 import contextlib
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -36,6 +37,7 @@ class SpillStore:
         if directory:
             os.makedirs(directory, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix="domainfusion-pool-", suffix=".u8", dir=directory)
+        self.directory = os.path.dirname(path)
         os.unlink(path)
         self.fd = fd
         self.versions = np.zeros(n, dtype=np.int32)
@@ -100,6 +102,20 @@ class SyntheticPool:
         self._position = (self._position + len(picked)) % len(self)
         return picked
 
+    def check_disk(self, refreshes, stream=None):
+        """Warn when the spill file's folder has less free disk than ``refreshes`` refreshed images can take (a
+        sparse file: only written slots use disk; on DomainNet at 320 px that is up to tens of GB per run)."""
+        import shutil
+        need = min(len(self), int(refreshes)) * self.store.nbytes
+        folder = self.store.directory
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            print(f"WARNING: DomainFusion's refreshed images need up to {need / 2 ** 30:.1f} GiB in {folder}, which "
+                  f"has {free / 2 ** 30:.1f} GiB free: the run will fail when the disk fills. Point the hparam "
+                  f"spill_dir at a folder with room (a local disk: the file is read and written every step).",
+                  file=stream or sys.stderr, flush=True)
+        return need
+
     def refreshed_fraction(self):
         """The share of the set regenerated at least once."""
         return float((self.store.versions > 0).mean()) if len(self) else 0.0
@@ -160,15 +176,25 @@ def evaluating(module):
 
 @torch.no_grad()
 def refresh(pool, indices, images, model, network, featurizer, classifier, prompts, hparams, base_seed):
-    """Replace the pool's images at ``indices`` (current versions ``images``) by one of N img2img candidates."""
+    """Replace the pool's images at ``indices`` (current versions ``images``) by one of N img2img candidates, at
+    most ``diffusion_chunk`` images at a time (their candidates and decoded pixels bound the memory; each image's
+    seeds are its own, so the chunks change no image)."""
+    size = int(hparams.get("diffusion_chunk") or len(indices)) or 1
+    for s in range(0, len(indices), size):
+        _refresh(pool, indices[s:s + size], images[s:s + size], model, network, featurizer, classifier, prompts,
+                 hparams, base_seed)
+    return len(indices)
+
+
+def _refresh(pool, indices, images, model, network, featurizer, classifier, prompts, hparams, base_seed):
     device = next(network.parameters()).device
     current = (torch.stack(images).float() / 255).to(model.device)
-    labels = pool.labels[indices]
+    labels = [int(pool.labels[i]) for i in indices]  # host-side: the prompts are chosen on the host
     n = int(hparams["n_candidates"])
     z0 = model.encode_images(current)
     seeds = [seed_hash(base_seed, i, pool.version(i), k) for i in indices for k in range(n)]
     from ..diffusion import generators_from_seeds
-    cand = model.img2img(z0.repeat_interleave(n, 0), [prompts[int(y)] for y in labels for _ in range(n)],
+    cand = model.img2img(z0.repeat_interleave(n, 0), [prompts[y] for y in labels for _ in range(n)],
                          hparams["img2img_strength"], hparams["img2img_steps"], hparams["guidance_scale"],
                          generators_from_seeds(seeds))
     cand = cand.view(len(indices), n, *z0.shape[1:])
@@ -177,7 +203,8 @@ def refresh(pool, indices, images, model, network, featurizer, classifier, promp
         cand_pixels = model.decode_latents(cand.flatten(0, 1))
         with evaluating(network):
             f_cand = featurizer(pool.mapping.to_inputs(cand_pixels.to(device)))
-            p_cand = classifier(f_cand).softmax(1)[torch.arange(len(f_cand)), labels.repeat_interleave(n).to(device)]
+            targets = torch.tensor([y for y in labels for _ in range(n)], device=device)
+            p_cand = classifier(f_cand).softmax(1)[torch.arange(len(f_cand), device=device), targets]
             f_src = featurizer(pool.mapping.to_inputs(current.float().to(device)))
         content = candidates.select_content(f_cand.view(len(indices), n, -1), f_src, p_cand.view(len(indices), n),
                                             hparams["content_lambda"])
@@ -185,4 +212,3 @@ def refresh(pool, indices, images, model, network, featurizer, classifier, promp
     else:
         new = cand[:, 0]  # one candidate, or the strategy off: the first candidate as it is
     pool.write(indices, model.decode_latents(new))
-    return len(indices)

@@ -32,7 +32,8 @@ def generate(model, latents, prompts, seeds, rho, steps, guidance=1.0):
     from ..diffusion.pipeline import generators_from_seeds, per_image_noise
     inverted = model.invert(latents, prompts, steps, guidance_scale=1.0)  # guidance breaks inversion
     counts = torch.tensor([len(s) for s in seeds], device=inverted.device)
-    z = inverted.repeat_interleave(counts, 0)
+    # the output size given: without it, repeat_interleave reads the counts back from the GPU (a host sync)
+    z = inverted.repeat_interleave(counts, 0, output_size=sum(len(s) for s in seeds))
     generators = generators_from_seeds([s for per_image in seeds for s in per_image])
     alpha = sample_alpha(generators, rho)
     noise = per_image_noise(generators, z.shape[1:], z.device, z.dtype)

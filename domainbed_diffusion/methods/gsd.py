@@ -53,12 +53,25 @@ def score_residual(model, latents, cond, t, noise, kind="sds", guidance_scale=1.
     return w.view(-1, *([1] * (latents.dim() - 1))) * (eps_hat - noise)
 
 
-def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_scale=1.0, method="jvp"):
+def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_scale=1.0, method="jvp",
+             chunk=None):
     """GSD surrogate for ``images`` in [0, 1] (B, 3, H, W) and the classifier's ``confidence`` (B,) in its label.
 
     ``t`` (B,) and ``noise`` (B, *latent shape) are the forward-process draws. Gradients reach only
-    ``confidence`` (and through it the classifier); the diffusion weights never get one.
+    ``confidence`` (and through it the classifier); the diffusion weights never get one. The encoder's derivative
+    and the UNet run on at most ``chunk`` images at a time (None: all at once), which bounds their memory; the
+    diffusion model runs in its own dtype even inside an autocast region (forward-mode tangents would stay
+    float32 against autocast's half-precision weights).
     """
+    with torch.autocast(model.device.type, enabled=False):
+        size = chunk or len(images)
+        parts = [_gsd_terms(model, images[s:s + size], confidence[s:s + size], prompts[s:s + size], t[s:s + size],
+                            noise[s:s + size], kind, guidance_scale, method) for s in range(0, len(images), size)]
+    return sum(parts) / len(images)
+
+
+def _gsd_terms(model, images, confidence, prompts, t, noise, kind, guidance_scale, method):
+    """The surrogate's sum over these images (not yet divided by the batch size)."""
     vae = model.vae_for_derivatives()
     x0 = (images.to(vae.device, vae.dtype) * 2 - 1).detach()
     cond = model.encode_prompts(prompts)
@@ -71,7 +84,7 @@ def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_
     if method == "autograd":
         latents = encode(p)
         residual = score_residual(model, latents.to(model.dtype), cond, t, noise, kind, guidance_scale, uncond)
-        return surrogate(latents, residual)
+        return (residual.detach().float() * latents.float()).sum()  # ``surrogate`` times this chunk's size
     if method != "jvp":
         raise ValueError(f"unknown GSD method {method!r}: use 'jvp' or 'autograd'")
     # fused attention kernels have no forward-mode derivative: the math kernel is used for this one pass
@@ -79,4 +92,4 @@ def gsd_loss(model, images, confidence, prompts, t, noise, kind="sds", guidance_
         latents, dlatents_dp = torch.func.jvp(encode, (p.detach(),), (torch.ones_like(p),))
     residual = score_residual(model, latents.to(model.dtype), cond, t, noise, kind, guidance_scale, uncond)
     dloss_dp = (residual.float() * dlatents_dp.float()).flatten(1).sum(1)  # per image, exact
-    return (dloss_dp.detach() * p.float()).sum() / len(p)
+    return (dloss_dp.detach() * p.float()).sum()
